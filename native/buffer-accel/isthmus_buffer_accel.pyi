@@ -50,7 +50,10 @@ def register_errors(
     readonly: type[BaseException],
     in_use: type[BaseException],
 ) -> None:
-    """Register the exception classes BufferCore raises (defaults: ValueError, BufferError, BufferError)."""
+    """Register the exception classes BufferCore raises.
+
+    Defaults: ValueError, BufferError, BufferError.
+    """
 
 def address_of(obj: object, writable: bool = False) -> tuple[int, int, bool]:
     """Return ``(address, nbytes, readonly)`` of a C-contiguous buffer-protocol object."""
@@ -104,4 +107,4 @@ def ring_wait_u64(
     Returns the new value, or ``value`` unchanged when ``timeout`` (seconds) expires."""
 
 def ring_notify(seq_addr: int, waiting_addr: int) -> bool:
-    """Bump ``*seq_addr`` and wake its waiters if ``*waiting_addr`` is set; returns whether it woke."""
+    """Bump ``*seq_addr``; wake its waiters if ``*waiting_addr`` is set. True if it woke."""

@@ -87,8 +87,8 @@ def test_use_after_release_raises_typed_error() -> None:
             op()
     # memoryview() on a released buffer: the typed error with the native core or on 3.12+;
     # the 3.11 ctypes fallback can only make CPython raise SystemError (see _pure.py).
-    expected = (BufferReleasedError, SystemError) if IMPLEMENTATION == "python" else (
-        BufferReleasedError,
+    expected = (
+        (BufferReleasedError, SystemError) if IMPLEMENTATION == "python" else (BufferReleasedError,)
     )
     with pytest.raises(expected):
         memoryview(buf)

@@ -95,7 +95,7 @@ def test_usage_errors(impl: str, name: str) -> None:
     prod.close()
     with pytest.raises(RingClosedError):
         prod.send(b"x")
-    with pytest.raises(TypeError, match="Ring.create"):
+    with pytest.raises(TypeError, match=r"Ring\.create"):
         Ring()
     with pytest.raises(SizeError):
         Ring.create(name, 10)
@@ -144,7 +144,10 @@ def test_dropping_a_message_releases_it(impl: str, name: str) -> None:
 
 @pytest.mark.parametrize("use_loan", [False, True], ids=["send", "loan"])
 def test_many_variable_messages_across_processes_wrap_intact(
-    impl: str, name: str, ctx, use_loan: bool  # type: ignore[no-untyped-def]
+    impl: str,
+    name: str,
+    ctx,
+    use_loan: bool,  # type: ignore[no-untyped-def]
 ) -> None:
     count, top = 3000, 5000
     ring = Ring.create(name, 64 * 1024)  # small: forces many wrap-arounds and full waits
@@ -291,7 +294,9 @@ def test_idle_consumer_sleeps(impl: str, name: str) -> None:
     cons = Ring.open(name)
     ring.send(b"x")
     cons.recv(timeout=1).release()
-    before = resource.getrusage(resource.RUSAGE_THREAD) if hasattr(resource, "RUSAGE_THREAD") else None
+    before = (
+        resource.getrusage(resource.RUSAGE_THREAD) if hasattr(resource, "RUSAGE_THREAD") else None
+    )
     t0 = time.thread_time()
     with pytest.raises(WaitTimeoutError):
         cons.recv(timeout=1.0)

@@ -78,8 +78,7 @@ class AsyncRing:
         except WaitTimeoutError:
             if timeout == 0:
                 raise
-        await self._wait(lambda t, _cancel: self.ring.wait_writable(n, t, _cancel=_cancel),
-                         timeout)
+        await self._wait(lambda t, _cancel: self.ring.wait_writable(n, t, _cancel=_cancel), timeout)
         return self.ring.loan(n, timeout=0)
 
     async def send(self, data: Any, timeout: float | None = None) -> None:
@@ -91,8 +90,7 @@ class AsyncRing:
             if timeout == 0:
                 raise
         n = memoryview(data).nbytes
-        await self._wait(lambda t, _cancel: self.ring.wait_writable(n, t, _cancel=_cancel),
-                         timeout)
+        await self._wait(lambda t, _cancel: self.ring.wait_writable(n, t, _cancel=_cancel), timeout)
         self.ring.send(data, timeout=0)
 
     def commit(self, nbytes: int | None = None) -> None:

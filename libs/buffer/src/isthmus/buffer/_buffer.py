@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._backend import CoreBase, current
 from ._backend import _IMPLS as _IMPLS
+from ._backend import CoreBase, current
 from ._errors import BufferInUseError, BufferReleasedError, ReadOnlyBufferError, SizeError
 
 if TYPE_CHECKING:
@@ -21,11 +22,14 @@ KDL_CPU = 1  # DLPack device type of host memory
 _address_of = _IMPLS.get("native", _IMPLS["python"]).address_of
 
 
+_core_init: Callable[[Any], None] = getattr(CoreBase, "__init__")  # noqa: B009
+
+
 class _Releaser(Protocol):
     def _buffer_released(self, token: Any) -> None: ...
 
 
-class Buffer(CoreBase):  # type: ignore[misc,valid-type]
+class Buffer(CoreBase):  # type: ignore[misc]
     """A zero-copy view of bytes owned by another object.
 
     ``Buffer(obj)`` wraps any C-contiguous object that supports the buffer protocol (bytes,
@@ -94,7 +98,7 @@ class Buffer(CoreBase):  # type: ignore[misc,valid-type]
     ) -> Buffer:
         """Internal fast constructor over raw memory kept alive by ``keep``."""
         b = cls.__new__(cls)
-        CoreBase.__init__(b)
+        _core_init(b)
         b._core_set(addr, nbytes, readonly)
         b._keep = keep
         b._parent = None
@@ -198,9 +202,7 @@ class Buffer(CoreBase):  # type: ignore[misc,valid-type]
             start, stop, step = key.indices(self._core_nbytes)
             if step != 1:
                 raise SizeError("only contiguous slices (step 1) are zero-copy views")
-            child = Buffer._make(
-                self._core_addr + start, max(stop - start, 0), self._core_readonly
-            )
+            child = Buffer._make(self._core_addr + start, max(stop - start, 0), self._core_readonly)
             child._parent = self
             self._children += 1
             return child
@@ -230,7 +232,7 @@ class Buffer(CoreBase):  # type: ignore[misc,valid-type]
         import numpy as np
 
         self._check()
-        arr = np.frombuffer(self, dtype=dtype)  # type: ignore[call-overload]
+        arr = np.frombuffer(self, dtype=dtype)
         return arr if shape is None else arr.reshape(shape)
 
     def copy_from(self, src: object, offset: int = 0) -> int:

@@ -24,9 +24,7 @@ def _cupy() -> Any:
     try:
         import cupy
     except ImportError:
-        raise DeviceError(
-            "device buffers need CuPy: pip install 'isthmus-buffer[cuda]'"
-        ) from None
+        raise DeviceError("device buffers need CuPy: pip install 'isthmus-buffer[cuda]'") from None
     return cupy
 
 
@@ -63,7 +61,7 @@ class DeviceBuffer:
     :meth:`to_host` / :meth:`from_host` to move data through (pinned) host buffers.
     """
 
-    __slots__ = ("_owner", "_ptr", "_nbytes", "_readonly", "_device", "_released")
+    __slots__ = ("_device", "_nbytes", "_owner", "_ptr", "_readonly", "_released")
 
     def __init__(self, obj: object) -> None:
         cai = getattr(obj, "__cuda_array_interface__", None)
@@ -208,6 +206,6 @@ def as_buffer(obj: object) -> Buffer | DeviceBuffer:
     if hasattr(obj, "__cuda_array_interface__"):
         return DeviceBuffer(obj)
     dev = getattr(obj, "__dlpack_device__", None)
-    if dev is not None and tuple(dev())[0] not in (KDL_CPU, KDL_CUDA_HOST):
+    if dev is not None and next(iter(dev())) not in (KDL_CPU, KDL_CUDA_HOST):
         return DeviceBuffer(obj)
     return Buffer(obj)

@@ -1,6 +1,7 @@
 """Typed exceptions raised by :mod:`isthmus.buffer`.
 
-Each error subclasses :class:`IsthmusBufferError` and the closest builtin, so callers can catch either.
+Each error subclasses :class:`IsthmusBufferError` and the closest builtin, so callers can
+catch either.
 """
 
 from __future__ import annotations

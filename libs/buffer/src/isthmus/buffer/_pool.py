@@ -10,7 +10,13 @@ from typing import Literal
 
 from ._backend import current
 from ._buffer import Buffer
-from ._errors import BufferInUseError, PoolClosedError, PoolExhaustedError, SizeError, WaitTimeoutError
+from ._errors import (
+    BufferInUseError,
+    PoolClosedError,
+    PoolExhaustedError,
+    SizeError,
+    WaitTimeoutError,
+)
 
 __all__ = ["BufferPool"]
 

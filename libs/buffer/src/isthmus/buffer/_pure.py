@@ -18,6 +18,7 @@ __all__ = ["PurePrimitives", "PyBufferCoreBase", "py_address_of"]
 
 _api = ctypes.pythonapi
 
+
 # CPython's Py_buffer, as laid out in Include/pybuffer.h (stable since 3.0).
 class _PyBuffer(ctypes.Structure):
     _fields_ = [
@@ -147,7 +148,13 @@ _KEEP: list[object] = []
 class _CoreMethods:
     """Fields and methods shared by both pure-Python exporters (mirrors the native BufferCore)."""
 
-    __slots__ = ()
+    __slots__ = (
+        "_core_addr",
+        "_core_exports",
+        "_core_nbytes",
+        "_core_readonly",
+        "_core_released",
+    )
     _core_addr: int
     _core_nbytes: int
     _core_readonly: bool
@@ -183,13 +190,7 @@ if sys.version_info >= (3, 12):
     class PyBufferCoreBase(_CoreMethods):
         """Exporter that uses PEP 688's ``__buffer__`` (Python 3.12+)."""
 
-        __slots__ = (
-            "_core_addr",
-            "_core_nbytes",
-            "_core_readonly",
-            "_core_released",
-            "_core_exports",
-        )
+        __slots__ = ()
 
         def __buffer__(self, flags: int) -> memoryview:
             from ._errors import BufferReleasedError, ReadOnlyBufferError
@@ -212,16 +213,10 @@ if sys.version_info >= (3, 12):
 else:
     _Base = _make_ctypes_base()
 
-    class PyBufferCoreBase(_CoreMethods, _Base):  # type: ignore[no-redef,misc,valid-type]
+    class PyBufferCoreBase(_CoreMethods, _Base):  # type: ignore[misc,valid-type]
         """Exporter whose C-level bf_getbuffer is a ctypes callback (Python 3.11)."""
 
-        __slots__ = (
-            "_core_addr",
-            "_core_nbytes",
-            "_core_readonly",
-            "_core_released",
-            "_core_exports",
-        )
+        __slots__ = ()
 
 
 # --- futex and word access ----------------------------------------------------------------------
@@ -285,8 +280,9 @@ class PurePrimitives:
             timeout = max(timeout, 0.0)
             sec = int(timeout)
             ts = ctypes.byref(_Timespec(sec, int((timeout - sec) * 1e9)))
-        r = _syscall(_SYS_FUTEX, ctypes.c_void_p(addr), _FUTEX_WAIT, ctypes.c_uint32(expected), ts,
-                     None, 0)
+        r = _syscall(
+            _SYS_FUTEX, ctypes.c_void_p(addr), _FUTEX_WAIT, ctypes.c_uint32(expected), ts, None, 0
+        )
         if r == 0:
             return 0
         err = ctypes.get_errno()

@@ -259,8 +259,9 @@ class Ring:
                 slice_ = min(LIVENESS_INTERVAL, max(deadline - time.monotonic(), 0.0))
             if cancel is not None:
                 slice_ = min(slice_, 0.05)  # a cancelled async wait must free its thread soon
-            v = p.ring_wait_u64(self._base + word, value, self._base + seq,
-                                self._base + waiting, spin, slice_)
+            v = p.ring_wait_u64(
+                self._base + word, value, self._base + seq, self._base + waiting, spin, slice_
+            )
             spin = 0
             if done(v):
                 return v
@@ -302,8 +303,14 @@ class Ring:
             tail = p.load_u64(b + _TAIL)
             if tail < need:
                 tail = self._wait(
-                    _TAIL, tail, _SSEQ, _PWAIT, timeout, lambda t: t >= need,
-                    (_CSTATE, _CPID, _CSTART, "consumer"), cancel,
+                    _TAIL,
+                    tail,
+                    _SSEQ,
+                    _PWAIT,
+                    timeout,
+                    lambda t: t >= need,
+                    (_CSTATE, _CPID, _CSTART, "consumer"),
+                    cancel,
                 )
             self._tail_cache = tail
         return start
@@ -392,7 +399,12 @@ class Ring:
             head = p.load_u64(self._base + _HEAD)
             if head == pos:
                 head = self._wait(
-                    _HEAD, pos, _DSEQ, _CWAIT, timeout, lambda h: h != pos,
+                    _HEAD,
+                    pos,
+                    _DSEQ,
+                    _CWAIT,
+                    timeout,
+                    lambda h: h != pos,
                     (_PSTATE, _PPID, _PSTART, "producer"),
                 )
             self._head_cache = head
@@ -421,8 +433,14 @@ class Ring:
         if self._p.load_u64(self._base + _HEAD) != pos:
             return
         self._wait(
-            _HEAD, pos, _DSEQ, _CWAIT, timeout, lambda h: h != pos,
-            (_PSTATE, _PPID, _PSTART, "producer"), _cancel,
+            _HEAD,
+            pos,
+            _DSEQ,
+            _CWAIT,
+            timeout,
+            lambda h: h != pos,
+            (_PSTATE, _PPID, _PSTART, "producer"),
+            _cancel,
         )
 
     def _buffer_released(self, entry: list[Any]) -> None:

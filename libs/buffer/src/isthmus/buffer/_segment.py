@@ -10,6 +10,7 @@ dies.  Whoever detaches last unlinks the name; if every attached process died, t
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno
 import fcntl
 import mmap
@@ -36,7 +37,8 @@ SHM_DIR = "/dev/shm"
 PREFIX = "isthmus."
 _MAGIC = b"ISTHSEG1"
 _HEADER = mmap.PAGESIZE
-# header: magic(8) version u32, nslots u32, user_size u64, then nslots x (pid u32, pad u32, start u64)
+# header: magic(8) version u32, nslots u32, user_size u64,
+# then nslots x (pid u32, pad u32, start u64)
 _HDR = struct.Struct("<8sIIQ")
 _ENTRY = struct.Struct("<IIQ")
 _TABLE_OFF = 64
@@ -290,10 +292,9 @@ class SharedSegment:
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             self._mm = None
-            try:
+            # Views kept past exit: the mapping goes away with the process.
+            with contextlib.suppress(BufferError):
                 mm.close()
-            except BufferError:
-                pass  # views kept past exit: the mapping goes away with the process
             os.close(self._fd)
         with _lock:
             _open_segments.discard(self)
@@ -321,15 +322,13 @@ class SharedSegment:
 
 
 def _unlink_quiet(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def sweep_stale_segments(only: str | None = None) -> list[str]:
     """Remove isthmus segments whose processes all died; returns the names removed."""
-    removed = []
+    removed: list[str] = []
     try:
         names = [only] if only is not None else os.listdir(SHM_DIR)
     except OSError:
