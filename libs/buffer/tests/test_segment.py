@@ -127,3 +127,28 @@ def test_interpreter_exit_cleans_up(impl: str, name: str) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     assert not os.path.exists(SHM + name + "-seg")
     assert not os.path.exists(SHM + name + "-ring")
+
+
+def test_open_waits_for_the_creator(impl: str, name: str) -> None:
+    import threading
+    import time
+
+    from isthmus.buffer import Ring
+
+    def create_later() -> None:
+        time.sleep(0.1)
+        ring = Ring.create(name, 4096)
+        ring.send(b"late")
+        done.wait(10)
+        ring.close()
+
+    done = threading.Event()
+    t = threading.Thread(target=create_later)
+    t.start()
+    with pytest.raises(SegmentNotFoundError):
+        Ring.open(name)  # no waiting by default
+    ring = Ring.open(name, timeout=10)
+    assert ring.recv(timeout=5).tobytes() == b"late"
+    ring.close()
+    done.set()
+    t.join(10)

@@ -103,9 +103,12 @@ class Ring:
         return ring
 
     @classmethod
-    def open(cls, name: str, *, spin: float = 0.0) -> Ring:
-        """Join the ring ``name`` that another process created."""
-        seg = SharedSegment.open(name)
+    def open(cls, name: str, *, spin: float = 0.0, timeout: float = 0.0) -> Ring:
+        """Join the ring ``name`` that another process created.
+
+        Waits up to ``timeout`` seconds for it to be created (default: not at all).
+        """
+        seg = SharedSegment.open(name, timeout=timeout)
         ring = cls._setup(seg, spin)
         p = ring._p
         if seg.size < _DATA + 2 * _REC or p.load_u64(ring._base) != _MAGIC:
