@@ -1,0 +1,1 @@
+"""Benchmark harness of the Isthmus libraries (``python bench/run.py LIB``); see ``run.py``."""
