@@ -21,7 +21,7 @@ closing is noticed (:class:`PeerDiedError`) rather than waited for forever.
 from __future__ import annotations
 
 import os
-import threading
+import struct
 import time
 import weakref
 from collections import deque
@@ -42,8 +42,11 @@ from ._segment import SharedSegment, _start_time, process_alive
 
 __all__ = ["Ring"]
 
+_make = Buffer._make
+
 _MAGIC = int.from_bytes(b"ISTHRNG1", "little")
 _CAP = 8
+_OPENS = 16  # u32: how many Ring objects ever attached (create counts as one)
 _HEAD, _PSTATE, _PPID, _PSTART = 128, 136, 140, 144
 _TAIL, _CSTATE, _CPID, _CSTART = 256, 264, 268, 272
 _DSEQ, _CWAIT = 384, 388
@@ -54,8 +57,13 @@ _WRAP = 0xFFFFFFFFFFFFFFFF
 _NONE, _ATTACHED, _CLOSED = 0, 1, 2
 PRODUCER, CONSUMER = "producer", "consumer"
 
-#: How often a sleeping side wakes to check that its peer is alive (seconds).
-LIVENESS_INTERVAL = 0.2
+#: A sleeping side wakes to check that its peer is alive after this many seconds, then after
+#: twice as long each time up to :data:`LIVENESS_MAX`: a dead peer is noticed within about 2 s,
+#: and an idle side wakes once every 2 s.
+LIVENESS_FIRST = 0.05
+LIVENESS_MAX = 2.0
+_PEER_PRODUCER = (_PSTATE, _PPID, _PSTART, "producer")
+_PEER_CONSUMER = (_CSTATE, _CPID, _CSTART, "consumer")
 
 
 def _record_size(n: int) -> int:
@@ -94,11 +102,13 @@ class Ring:
         if not isinstance(capacity, int) or capacity < 2 * _REC:
             raise SizeError(f"ring capacity must be an int >= {2 * _REC}, got {capacity!r}")
         cap = (capacity + 63) & ~63
-        seg = SharedSegment.create(name, _DATA + cap)
+
+        def init(mm: Any, off: int) -> None:
+            struct.pack_into("<QQ", mm, off, _MAGIC, cap)
+            struct.pack_into("<I", mm, off + _OPENS, 1)
+
+        seg = SharedSegment.create(name, _DATA + cap, _init=init)
         ring = cls._setup(seg, spin)
-        p = ring._p
-        p.store_u64(ring._base + _CAP, cap)
-        p.store_u64(ring._base, _MAGIC)
         ring.capacity = cap
         return ring
 
@@ -115,6 +125,8 @@ class Ring:
             seg.close()
             raise IsthmusBufferError(f"shared segment {name!r} does not hold a Ring")
         ring.capacity = p.load_u64(ring._base + _CAP)
+        opens = ring._base + _OPENS
+        p.store_u32(opens, p.load_u32(opens) + 1)  # two parties: no lost update to fear
         return ring
 
     @classmethod
@@ -136,10 +148,14 @@ class Ring:
         ring._rpos = 0
         ring._head_cache = 0
         ring._outstanding = deque()
-        # Threads sleeping in _wait: close() must not unmap the segment under them.
-        ring._waiters = 0
-        ring._waiters_lock = threading.Condition()
+        # Threads inside _wait (one entry each; list append/pop are atomic): close() must not
+        # unmap the segment under them.
+        ring._active = []
         ring._closing = False
+        ring._a_head = ring._base + _HEAD
+        ring._a_tail = ring._base + _TAIL
+        ring._a_dseq = ring._base + _DSEQ
+        ring._a_cwait = ring._base + _CWAIT
         return ring
 
     _p: Primitives
@@ -154,9 +170,12 @@ class Ring:
     _rpos: int
     _head_cache: int
     _outstanding: deque[list[Any]]
-    _waiters: int
-    _waiters_lock: threading.Condition
+    _active: list[None]
     _closing: bool
+    _a_head: int
+    _a_tail: int
+    _a_dseq: int
+    _a_cwait: int
 
     @property
     def max_message(self) -> int:
@@ -217,71 +236,87 @@ class Ring:
                 raise PeerDiedError(
                     f"the {what} of ring {self.name!r} (pid {pid}) died without closing it"
                 )
+        elif st == _NONE and self._seg is not None and p.load_u32(b + _OPENS) >= 2:
+            # The other side attached but never sent or received; has it gone since?
+            others = self._seg._others()
+            if any(not alive for _, alive in others) and not any(a for _, a in others):
+                raise PeerDiedError(f"the other side of ring {self.name!r} died")
+            if not others:
+                raise RingClosedError(
+                    f"the other side closed ring {self.name!r} without acting as {what}"
+                )
 
     def _wait(
         self,
         word: int,
         value: int,
+        target: int,
         seq: int,
         waiting: int,
         timeout: float | None,
-        done: Any,
         peer: tuple[int, int, int, str],
         cancel: Any = None,
     ) -> int:
-        """Block until ``done(word value)``; sleeps in slices to watch the peer."""
-        with self._waiters_lock:
-            if self._closing:
-                raise RingClosedError(f"ring {self.name!r} is closed")
-            self._waiters += 1
+        """Block until the counter at ``word`` (now ``value``) reaches ``target``.
+
+        Spins ``spin`` seconds, then sleeps on the futex in slices that grow from
+        LIVENESS_FIRST to LIVENESS_MAX, checking after each that the peer is alive.
+        """
+        if self._closing:
+            raise RingClosedError(f"ring {self.name!r} is closed")
+        active = self._active
+        active.append(None)
         try:
-            return self._wait_slices(word, value, seq, waiting, timeout, done, peer, cancel)
+            p, b = self._p, self._base
+            slice_ = LIVENESS_FIRST if cancel is None else 0.05
+            if timeout is not None:
+                slice_ = min(slice_, max(timeout, 0.0))
+            # Fast path: one native call spins and then sleeps the first slice.
+            v = p.ring_wait_u64(b + word, value, b + seq, b + waiting, self._spin_ns, slice_)
+            if v >= target:
+                return v
+            return self._wait_slices(word, v, target, seq, waiting, timeout, peer, cancel, slice_)
         finally:
-            with self._waiters_lock:
-                self._waiters -= 1
-                self._waiters_lock.notify_all()
+            active.pop()
 
     def _wait_slices(
         self,
         word: int,
         value: int,
+        target: int,
         seq: int,
         waiting: int,
         timeout: float | None,
-        done: Any,
         peer: tuple[int, int, int, str],
         cancel: Any,
+        slept: float,
     ) -> int:
-        p = self._p
-        deadline = None if timeout is None else time.monotonic() + timeout
-        spin = self._spin_ns
+        p, b = self._p, self._base
+        deadline = None if timeout is None else time.monotonic() + timeout - slept
+        slice_ = slept
         while True:
-            if deadline is None:
-                slice_ = LIVENESS_INTERVAL
-            else:
-                slice_ = min(LIVENESS_INTERVAL, max(deadline - time.monotonic(), 0.0))
-            if cancel is not None:
-                slice_ = min(slice_, 0.05)  # a cancelled async wait must free its thread soon
-            v = p.ring_wait_u64(
-                self._base + word, value, self._base + seq, self._base + waiting, spin, slice_
-            )
-            spin = 0
-            if done(v):
-                return v
-            value = v
             if self._closing:
                 raise RingClosedError(f"ring {self.name!r} was closed while waiting")
             try:
                 self._peer_gone(*peer)
             except IsthmusBufferError:
-                v = p.load_u64(self._base + word)  # the last messages before a close count
-                if done(v):
+                v = p.load_u64(b + word)  # the last messages before a close still count
+                if v >= target:
                     return v
                 raise
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeoutError(f"ring {self.name!r}: no progress within {timeout} s")
             if cancel is not None and cancel.is_set():
                 raise WaitTimeoutError(f"ring {self.name!r}: wait cancelled")
+            if cancel is None:
+                slice_ = min(slice_ * 2, LIVENESS_MAX)
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise WaitTimeoutError(f"ring {self.name!r}: no progress within {timeout} s")
+                slice_ = min(slice_, remaining)
+            v = p.ring_wait_u64(b + word, value, b + seq, b + waiting, 0, slice_)
+            if v >= target:
+                return v
+            value = v
 
     # --- producer ----------------------------------------------------------------------------
     def _room(self, n: int, timeout: float | None, cancel: Any = None) -> int:
@@ -305,16 +340,7 @@ class Ring:
         if self._tail_cache < need:
             tail = p.load_u64(b + _TAIL)
             if tail < need:
-                tail = self._wait(
-                    _TAIL,
-                    tail,
-                    _SSEQ,
-                    _PWAIT,
-                    timeout,
-                    lambda t: t >= need,
-                    (_CSTATE, _CPID, _CSTART, "consumer"),
-                    cancel,
-                )
+                tail = self._wait(_TAIL, tail, need, _SSEQ, _PWAIT, timeout, _PEER_CONSUMER, cancel)
             self._tail_cache = tail
         return start
 
@@ -338,7 +364,7 @@ class Ring:
         message in place, drop any views of it, then call :meth:`commit`.
         """
         start = self._reserve(n, timeout)
-        buf = Buffer._make(self._data + start % self.capacity + _REC, n, False, self)
+        buf = _make(self._data + start % self.capacity + _REC, n, False, self)
         self._loan = (buf, start, n)
         return buf
 
@@ -365,12 +391,13 @@ class Ring:
         self._loan = None
 
     def _publish(self, start: int, nbytes: int) -> None:
+        # Length first, then head (release order): the consumer never sees a torn record.
         p = self._p
         p.store_u64(self._data + start % self.capacity, nbytes)
-        end = start + _record_size(nbytes)
+        end = start + _REC + ((nbytes + 63) & ~63)
         self._wpos = end
-        p.store_u64(self._base + _HEAD, end)
-        p.ring_notify(self._base + _DSEQ, self._base + _CWAIT)
+        p.store_u64(self._a_head, end)
+        p.ring_notify(self._a_dseq, self._a_cwait)
 
     def send(self, data: Any, timeout: float | None = None) -> None:
         """Copy ``data`` (any buffer) into the ring as one message."""
@@ -399,30 +426,23 @@ class Ring:
         p = self._p
         pos = self._rpos
         if pos == self._head_cache:
-            head = p.load_u64(self._base + _HEAD)
+            head = p.load_u64(self._a_head)
             if head == pos:
-                head = self._wait(
-                    _HEAD,
-                    pos,
-                    _DSEQ,
-                    _CWAIT,
-                    timeout,
-                    lambda h: h != pos,
-                    (_PSTATE, _PPID, _PSTART, "producer"),
-                )
+                head = self._wait(_HEAD, pos, pos + 1, _DSEQ, _CWAIT, timeout, _PEER_PRODUCER)
             self._head_cache = head
         cap = self.capacity
+        data = self._data
         off = pos % cap
-        n = p.load_u64(self._data + off)
+        n = p.load_u64(data + off)
         if n == _WRAP:
             pos += cap - off
             off = 0
-            n = p.load_u64(self._data)
-        end = pos + _record_size(n)
+            n = p.load_u64(data)
+        end = pos + _REC + ((n + 63) & ~63)
         self._rpos = end
         entry: list[Any] = [end, False, None]
         self._outstanding.append(entry)
-        buf = Buffer._make(self._data + off + _REC, n, True, self, self, entry)
+        buf = _make(data + off + _REC, n, True, self, self, entry)
         entry[2] = weakref.ref(buf)
         return buf
 
@@ -433,18 +453,9 @@ class Ring:
         pos = self._rpos
         if pos != self._head_cache:
             return
-        if self._p.load_u64(self._base + _HEAD) != pos:
+        if self._p.load_u64(self._a_head) != pos:
             return
-        self._wait(
-            _HEAD,
-            pos,
-            _DSEQ,
-            _CWAIT,
-            timeout,
-            lambda h: h != pos,
-            (_PSTATE, _PPID, _PSTART, "producer"),
-            _cancel,
-        )
+        self._wait(_HEAD, pos, pos + 1, _DSEQ, _CWAIT, timeout, _PEER_PRODUCER, _cancel)
 
     def _buffer_released(self, entry: list[Any]) -> None:
         entry[1] = True
@@ -454,7 +465,7 @@ class Ring:
             tail = out.popleft()[0]
         if tail >= 0 and self._seg is not None:
             p = self._p
-            p.store_u64(self._base + _TAIL, tail)
+            p.store_u64(self._a_tail, tail)
             p.ring_notify(self._base + _SSEQ, self._base + _PWAIT)
 
     def release(self) -> None:
@@ -497,12 +508,13 @@ class Ring:
                 buf.release()
         if self._loan is not None:
             self.abort()
-        with self._waiters_lock:
-            self._closing = True
-            # Waiters notice within one slice; wait for them before unmapping their memory.
-            while self._waiters:
-                self._kick()
-                self._waiters_lock.wait(0.05)
+        self._closing = True
+        # Threads waiting in this Ring notice within one slice (the kick wakes a futex sleeper);
+        # the memory they read must stay mapped until they have left.
+        deadline = time.monotonic() + 2 * LIVENESS_MAX
+        while self._active and time.monotonic() < deadline:
+            self._kick()
+            time.sleep(0.002)
         p, b = self._p, self._base
         if self._role == PRODUCER:
             p.store_u32(b + _PSTATE, _CLOSED)

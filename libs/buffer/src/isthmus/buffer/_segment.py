@@ -20,6 +20,7 @@ import struct
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from ._buffer import Buffer
@@ -133,7 +134,9 @@ class SharedSegment:
         return object.__new__(cls)
 
     @classmethod
-    def create(cls, name: str, size: int) -> SharedSegment:
+    def create(
+        cls, name: str, size: int, *, _init: Callable[[mmap.mmap, int], None] | None = None
+    ) -> SharedSegment:
         """Create segment ``name`` with ``size`` usable bytes (zero-filled).
 
         Raises :class:`SegmentExistsError` if a live segment of that name exists; a stale one
@@ -154,6 +157,8 @@ class SharedSegment:
             fcntl.flock(fd, fcntl.LOCK_EX)
             os.ftruncate(fd, _HEADER + size)
             mm = mmap.mmap(fd, _HEADER + size, flags=_MAP_FLAGS)
+            if _init is not None:
+                _init(mm, _HEADER)  # e.g. a Ring's header, written before anyone can open it
             _HDR.pack_into(mm, 0, _MAGIC, 1, _NSLOTS, size)
         except BaseException:
             os.close(fd)
@@ -266,6 +271,12 @@ class SharedSegment:
     def path(self) -> str:
         """The file backing the segment in /dev/shm."""
         return _path(self.name)
+
+    def _others(self) -> list[tuple[int, bool]]:
+        """``(pid, alive)`` of every other process in the table (dead ones included)."""
+        if self._mm is None:
+            return []
+        return [(p, process_alive(p, st)) for i, p, st in _read_table(self._mm) if i != self._slot]
 
     def attached_pids(self) -> list[int]:
         """Pids of the live processes attached to the segment."""
