@@ -330,3 +330,40 @@ def test_send_from_buffer_and_numpy(impl: str, name: str) -> None:
     assert cons.recv(timeout=1).tobytes() == b"numpy bytes"
     cons.close()
     prod.close()
+
+
+def test_consumer_sees_close_of_a_side_that_never_sent(impl: str, name: str) -> None:
+    creator = Ring.create(name, 4096)  # creates, then closes without ever sending
+    cons = Ring.open(name)
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            cons.recv(timeout=30)
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=wait)
+    t.start()
+    time.sleep(0.05)
+    creator.close()
+    t.join(10)
+    assert not t.is_alive() and isinstance(errors[0], RingClosedError)
+    cons.close()
+
+
+def test_a_waiting_consumer_alone_keeps_waiting(impl: str, name: str) -> None:
+    # Nobody else attached yet: that is not a close, the producer may still come.
+    cons = Ring.create(name, 4096)
+    with pytest.raises(WaitTimeoutError):
+        cons.recv(timeout=0.3)
+    cons.close()
+
+
+def test_open_refuses_a_segment_that_is_not_a_ring(name: str) -> None:
+    from isthmus.buffer import IsthmusBufferError, SharedSegment
+
+    seg = SharedSegment.create(name, 4096)
+    with pytest.raises(IsthmusBufferError, match="does not hold a Ring"):
+        Ring.open(name)
+    seg.close()
