@@ -4,15 +4,51 @@ Addresses are plain integers (``uintptr_t``). The atomic helpers require natural
 aligned addresses inside memory that stays mapped for the duration of the call.
 """
 
-from typing import Final
+from typing import Any, Final, Protocol, Self
 
 __version__: Final[str]
 
-class BufferCore:
-    """Base type a Python class subclasses (``class Buffer(BufferCore): __slots__ = (...)``)
-    to export the buffer protocol over raw memory."""
+class _Releaser(Protocol):
+    def _buffer_released(self, token: Any, /) -> object: ...
 
-    def __init__(self) -> None: ...
+class BufferCore:
+    """Base type a Python class subclasses (``class Buffer(BufferCore): __slots__ = ...``)
+    to export the buffer protocol over raw memory.
+
+    It owns the buffer's lifecycle: ``keep`` keeps the memory valid (a ``memoryview`` is
+    ``release()``-d with the buffer), ``parent`` is the buffer this one is a slice of (whose
+    ``_children`` counts it), and ``releaser._buffer_released(token)`` runs once the buffer is
+    released, by :meth:`release` or when it is finalised unreleased (then errors are reported
+    through ``sys.unraisablehook``).  The references take part in garbage collection."""
+
+    def __init__(
+        self,
+        addr: int = 0,
+        nbytes: int = 0,
+        readonly: bool = False,
+        keep: object = None,
+        releaser: _Releaser | None = None,
+        token: object = None,
+    ) -> None:
+        """Export ``[addr, addr + nbytes)``, kept valid by ``keep``; see :meth:`_make`."""
+    @classmethod
+    def _make(
+        cls,
+        addr: int,
+        nbytes: int,
+        readonly: bool,
+        keep: object = None,
+        releaser: _Releaser | None = None,
+        token: object = None,
+    ) -> Self:
+        """Fast constructor: an instance of ``cls`` (``__init__`` is not called)."""
+    def release(self) -> None:
+        """Mark released, drop ``keep`` and ``parent``, call the releaser (no-op if released).
+
+        Raises the registered in-use error, changing nothing, while slices (``_children``) or
+        exports are alive; errors of the releaser callback propagate."""
+    def _add_child(self, parent: BufferCore) -> None:
+        """Make this buffer a slice of ``parent`` (bumps ``parent._children`` until released)."""
     def _core_set(self, addr: int, nbytes: int, readonly: bool) -> None:
         """Point the exported buffer at ``[addr, addr + nbytes)``; marks it not released."""
     @property
@@ -26,8 +62,23 @@ class BufferCore:
     @property
     def _core_exports(self) -> int:
         """Number of live buffer-protocol exports (memoryviews etc.)."""
+    @property
+    def _children(self) -> int:
+        """Number of live slices made from this buffer."""
+    @property
+    def _keep(self) -> object:
+        """What keeps the memory valid (None once released)."""
+    @property
+    def _parent(self) -> BufferCore | None:
+        """The buffer this one is a slice of (None once released)."""
+    @property
+    def _releaser(self) -> _Releaser | None:
+        """Whose ``_buffer_released(token)`` runs on release (None once released)."""
+    @property
+    def _token(self) -> object:
+        """Token passed to the releaser (None once released)."""
     def _core_release(self) -> None:
-        """Mark the buffer released (idempotent).
+        """Mark the buffer released (idempotent) without :meth:`release`'s side effects.
 
         Raises the registered in-use error while exports are alive."""
     def __buffer__(self, flags: int, /) -> memoryview: ...

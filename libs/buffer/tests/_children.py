@@ -95,3 +95,11 @@ def create_and_exit(impl: str, name: str) -> None:
 
 def kill(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
+
+
+def produce_and_exit(impl: str, name: str) -> None:
+    """Send one message and return with the ring still open in a module global."""
+    with _backend.use(impl):
+        ring = Ring.open(name, timeout=30)
+        ring.send(b"bye")
+        _KEEP.append(ring)

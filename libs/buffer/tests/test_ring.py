@@ -367,3 +367,25 @@ def test_open_refuses_a_segment_that_is_not_a_ring(name: str) -> None:
     with pytest.raises(IsthmusBufferError, match="does not hold a Ring"):
         Ring.open(name)
     seg.close()
+
+
+def test_producer_exiting_with_ring_open_counts_as_close(impl: str, name: str) -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    cons = Ring.create(name, 4096)
+    code = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import _children
+        _children.produce_and_exit({impl!r}, {name!r})
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], timeout=60)
+    assert proc.returncode == 0  # no crash at interpreter exit
+    assert cons.recv(timeout=5).tobytes() == b"bye"
+    with pytest.raises(RingClosedError):  # closed at exit, not a death
+        cons.recv(timeout=5)
+    cons.close()

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._backend import _IMPLS as _IMPLS
 from ._backend import CoreBase, current
-from ._errors import BufferInUseError, BufferReleasedError, ReadOnlyBufferError, SizeError
+from ._errors import BufferReleasedError, ReadOnlyBufferError, SizeError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -20,9 +19,6 @@ KDL_CPU = 1  # DLPack device type of host memory
 # Addresses are resolved once with the fastest implementation importable here; the result does
 # not depend on which implementation a ring or pool uses.
 _address_of = _IMPLS.get("native", _IMPLS["python"]).address_of
-
-
-_core_init: Callable[[Any], None] = getattr(CoreBase, "__init__")  # noqa: B009
 
 
 class _Releaser(Protocol):
@@ -40,23 +36,38 @@ class Buffer(CoreBase):  # type: ignore[misc]
     back to them when the buffer is released or its last view dies.
     """
 
-    __slots__ = ("__weakref__", "_children", "_keep", "_parent", "_releaser", "_token")
+    # The lifecycle lives in the core (native BufferCore or the pure-Python _CoreMethods):
+    # _make(), release(), the finaliser, slices (_add_child) and the fields read below.
+    __slots__ = ("__weakref__",)
 
-    _keep: object
-    _parent: Buffer | None
-    _releaser: _Releaser | None
-    _token: Any
-    _children: int
+    if TYPE_CHECKING:
+        _keep: object
+        _parent: Buffer | None
+        _releaser: _Releaser | None
+        _token: Any
+        _children: int
+
+        @classmethod
+        def _make(
+            cls,
+            addr: int,
+            nbytes: int,
+            readonly: bool,
+            keep: object = None,
+            releaser: _Releaser | None = None,
+            token: Any = None,
+        ) -> Buffer:
+            """Internal fast constructor over raw memory kept alive by ``keep``."""
+
+        def _add_child(self, parent: Buffer) -> None: ...
 
     def __init__(self, obj: object, *, readonly: bool | None = None) -> None:
-        super().__init__()
         if isinstance(obj, Buffer):
             obj._check()
-            ro = obj._core_readonly or bool(readonly)
             if readonly is False and obj._core_readonly:
                 raise ReadOnlyBufferError("cannot make a writable Buffer over a read-only one")
-            self._init_fields(obj._core_addr, obj._core_nbytes, ro, None, obj)
-            obj._children += 1
+            super().__init__(obj._core_addr, obj._core_nbytes, obj._core_readonly or bool(readonly))
+            self._add_child(obj)
             return
         try:
             mv = memoryview(obj)  # type: ignore[arg-type]
@@ -74,38 +85,7 @@ class Buffer(CoreBase):  # type: ignore[misc]
                 f"{type(obj).__name__} is read-only; wrap a bytearray or writable array instead"
             )
         addr, nbytes, ro = _address_of(mv)
-        self._init_fields(addr, nbytes, ro or bool(readonly), mv, None)
-
-    def _init_fields(
-        self, addr: int, nbytes: int, readonly: bool, keep: object, parent: Buffer | None
-    ) -> None:
-        self._core_set(addr, nbytes, readonly)
-        self._keep = keep
-        self._parent = parent
-        self._releaser = None
-        self._token = None
-        self._children = 0
-
-    @classmethod
-    def _make(
-        cls,
-        addr: int,
-        nbytes: int,
-        readonly: bool,
-        keep: object = None,
-        releaser: _Releaser | None = None,
-        token: Any = None,
-    ) -> Buffer:
-        """Internal fast constructor over raw memory kept alive by ``keep``."""
-        b = cls.__new__(cls)
-        _core_init(b)
-        b._core_set(addr, nbytes, readonly)
-        b._keep = keep
-        b._parent = None
-        b._releaser = releaser
-        b._token = token
-        b._children = 0
-        return b
+        super().__init__(addr, nbytes, ro or bool(readonly), mv)
 
     # --- state -------------------------------------------------------------------------------
     def _check(self) -> None:
@@ -153,41 +133,18 @@ class Buffer(CoreBase):  # type: ignore[misc]
         return keep.obj if isinstance(keep, memoryview) else keep
 
     # --- release -----------------------------------------------------------------------------
-    def release(self) -> None:
-        """Give the memory back to its owner; further use raises :class:`BufferReleasedError`.
+    if TYPE_CHECKING:
 
-        Raises :class:`BufferInUseError` (and changes nothing) while slices or views made from
-        this buffer are alive.  Releasing twice is harmless.
-        """
-        if self._core_released:
-            return
-        if self._children:
-            raise BufferInUseError(
-                f"cannot release: {self._children} slice(s) of this buffer are still alive; "
-                "release or delete them first"
-            )
-        self._core_release()
-        self._finish()
+        def release(self) -> None:
+            """Give the memory back to its owner; further use raises :class:`BufferReleasedError`.
 
-    def _finish(self) -> None:
-        keep, self._keep = self._keep, None
-        if isinstance(keep, memoryview):
-            keep.release()
-        parent, self._parent = self._parent, None
-        if parent is not None:
-            parent._children -= 1
-        releaser, self._releaser = self._releaser, None
-        if releaser is not None:
-            releaser._buffer_released(self._token)
+            Raises :class:`BufferInUseError` (and changes nothing) while slices or views made
+            from this buffer are alive.  Releasing twice is harmless.
+            """
 
-    def __del__(self) -> None:
-        # Views keep the buffer alive, so when it dies nothing can still reach its memory.
-        try:
-            if not self._core_released and not self._children:
-                self._core_release()
-                self._finish()
-        except AttributeError:  # __init__ failed before the fields existed
-            pass
+    else:
+        # The core's release(), with the docstring above; listed here so autodoc shows it.
+        release = CoreBase.release
 
     def __enter__(self) -> Buffer:
         return self
@@ -203,8 +160,7 @@ class Buffer(CoreBase):  # type: ignore[misc]
             if step != 1:
                 raise SizeError("only contiguous slices (step 1) are zero-copy views")
             child = Buffer._make(self._core_addr + start, max(stop - start, 0), self._core_readonly)
-            child._parent = self
-            self._children += 1
+            child._add_child(self)
             return child
         with memoryview(self) as mv:
             return mv[key]

@@ -12,7 +12,10 @@ import os
 import platform
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol, Self
+
+from ._errors import BufferInUseError, BufferReleasedError, ReadOnlyBufferError
 
 __all__ = ["PurePrimitives", "PyBufferCoreBase", "py_address_of"]
 
@@ -145,28 +148,89 @@ def _make_ctypes_base() -> type:
 _KEEP: list[object] = []
 
 
+class _Releaser(Protocol):
+    def _buffer_released(self, token: Any) -> None: ...
+
+
 class _CoreMethods:
-    """Fields and methods shared by both pure-Python exporters (mirrors the native BufferCore)."""
+    """Fields and methods shared by both pure-Python exporters (mirrors the native BufferCore).
+
+    Besides the exported memory it holds the buffer's lifecycle: ``_keep`` keeps the memory
+    valid (a memoryview is released with the buffer), ``_parent`` is the buffer this one is a
+    slice of (whose ``_children`` counts it), and ``_releaser._buffer_released(_token)`` runs
+    once the buffer is released, explicitly or by the finaliser.
+    """
 
     __slots__ = (
+        "_children",
         "_core_addr",
         "_core_exports",
         "_core_nbytes",
         "_core_readonly",
         "_core_released",
+        "_keep",
+        "_parent",
+        "_releaser",
+        "_token",
     )
     _core_addr: int
     _core_nbytes: int
     _core_readonly: bool
     _core_released: bool
     _core_exports: int
+    _keep: object
+    _parent: _CoreMethods | None
+    _releaser: _Releaser | None
+    _token: Any
+    _children: int
 
-    def __init__(self) -> None:
-        self._core_addr = 0
-        self._core_nbytes = 0
-        self._core_readonly = True
+    def __init__(
+        self,
+        addr: int = 0,
+        nbytes: int = 0,
+        readonly: bool = False,
+        keep: object = None,
+        releaser: _Releaser | None = None,
+        token: Any = None,
+    ) -> None:
+        if nbytes < 0:
+            raise ValueError("nbytes must be >= 0")
+        self._core_addr = addr
+        self._core_nbytes = nbytes
+        self._core_readonly = readonly
         self._core_released = False
         self._core_exports = 0
+        self._keep = keep
+        self._parent = None
+        self._releaser = releaser
+        self._token = token
+        self._children = 0
+
+    @classmethod
+    def _make(
+        cls,
+        addr: int,
+        nbytes: int,
+        readonly: bool,
+        keep: object = None,
+        releaser: _Releaser | None = None,
+        token: Any = None,
+    ) -> Self:
+        """Internal fast constructor: an instance of ``cls`` over ``[addr, addr + nbytes)``."""
+        if nbytes < 0:
+            raise ValueError("nbytes must be >= 0")
+        b: Self = _new(cls)
+        b._core_addr = addr
+        b._core_nbytes = nbytes
+        b._core_readonly = readonly
+        b._core_released = False
+        b._core_exports = 0
+        b._keep = keep
+        b._parent = None
+        b._releaser = releaser
+        b._token = token
+        b._children = 0
+        return b
 
     def _core_set(self, addr: int, nbytes: int, readonly: bool) -> None:
         self._core_addr = addr
@@ -175,14 +239,75 @@ class _CoreMethods:
         self._core_released = False
 
     def _core_release(self) -> None:
-        from ._errors import BufferInUseError
-
         if self._core_exports > 0:
             raise BufferInUseError(
                 f"cannot release: {self._core_exports} view(s) of this buffer are still alive; "
                 "release or delete them first"
             )
         self._core_released = True
+
+    def _add_child(self, parent: _CoreMethods) -> None:
+        """Make this buffer a slice of ``parent``: it counts us until we are released."""
+        if self._parent is not None:
+            raise ValueError("this buffer already has a parent")
+        if parent is self:
+            raise ValueError("a buffer cannot be its own slice")
+        if self._core_released or parent._core_released:
+            raise BufferReleasedError(
+                "buffer has been released; it no longer refers to valid memory"
+            )
+        parent._children += 1
+        self._parent = parent
+
+    def release(self) -> None:
+        """Give the memory back to its owner; further use raises :class:`BufferReleasedError`.
+
+        Raises :class:`BufferInUseError` (and changes nothing) while slices or views made from
+        this buffer are alive.  Releasing twice is harmless.
+        """
+        if self._core_released:
+            return
+        if self._children:
+            raise BufferInUseError(
+                f"cannot release: {self._children} slice(s) of this buffer are still alive; "
+                "release or delete them first"
+            )
+        if self._core_exports > 0:
+            raise BufferInUseError(
+                f"cannot release: {self._core_exports} view(s) of this buffer are still alive; "
+                "release or delete them first"
+            )
+        self._core_released = True
+        self._finish()
+
+    def _finish(self) -> None:
+        keep, self._keep = self._keep, None
+        parent, self._parent = self._parent, None
+        releaser, self._releaser = self._releaser, None
+        token, self._token = self._token, None
+        try:
+            if isinstance(keep, memoryview):
+                keep.release()
+        finally:
+            del keep
+            if parent is not None:
+                parent._children -= 1
+            if releaser is not None:
+                releaser._buffer_released(token)
+
+    def __del__(self) -> None:
+        # Views and slices keep the buffer alive, so when it dies nothing can still reach its
+        # memory; errors of the callback are reported (as for any __del__), not raised.
+        try:
+            if self._core_released or self._core_exports or self._children:
+                return
+        except AttributeError:  # never initialised
+            return
+        self._core_released = True
+        self._finish()
+
+
+_new: Callable[[type[Any]], Any] = object.__new__  # what cls.__new__(cls) resolves to
 
 
 if sys.version_info >= (3, 12):
@@ -193,8 +318,6 @@ if sys.version_info >= (3, 12):
         __slots__ = ()
 
         def __buffer__(self, flags: int) -> memoryview:
-            from ._errors import BufferReleasedError, ReadOnlyBufferError
-
             if self._core_released:
                 raise BufferReleasedError(
                     "buffer has been released; it no longer refers to valid memory"

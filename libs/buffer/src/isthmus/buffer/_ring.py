@@ -20,6 +20,8 @@ closing is noticed (:class:`PeerDiedError`) rather than waited for forever.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import struct
 import time
@@ -43,6 +45,18 @@ from ._segment import SharedSegment, _start_time, process_alive
 __all__ = ["Ring"]
 
 _make = Buffer._make
+
+_open_rings: weakref.WeakSet[Ring] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    # Registered after the segments' handler, so it runs first (atexit is LIFO): the peer sees
+    # a close, not a death, and nothing writes into a segment after it is unmapped.
+    for ring in list(_open_rings):
+        with contextlib.suppress(Exception):
+            ring.close()
+
 
 _MAGIC = int.from_bytes(b"ISTHRNG1", "little")
 _CAP = 8
@@ -156,6 +170,7 @@ class Ring:
         ring._a_tail = ring._base + _TAIL
         ring._a_dseq = ring._base + _DSEQ
         ring._a_cwait = ring._base + _CWAIT
+        _open_rings.add(ring)
         return ring
 
     _p: Primitives
@@ -497,8 +512,10 @@ class Ring:
         seg = self._seg
         if seg is None:
             return
-        if self._pid != os.getpid():
-            self._seg = None  # a forked copy: the parent still owns the ring
+        if self._pid != os.getpid() or seg.closed:
+            # A forked copy (the parent still owns the ring), or the segment went first:
+            # nothing of ours is mapped any more.
+            self._seg = None
             self._role = None
             seg.close()
             return
