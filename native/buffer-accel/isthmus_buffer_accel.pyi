@@ -159,3 +159,8 @@ def ring_wait_u64(
 
 def ring_notify(seq_addr: int, waiting_addr: int) -> bool:
     """Bump ``*seq_addr``; wake its waiters if ``*waiting_addr`` is set. True if it woke."""
+
+def ring_publish(
+    len_addr: int, nbytes: int, head_addr: int, head: int, seq_addr: int, waiting_addr: int
+) -> bool:
+    """Store the record length, then ``head`` (release), then :func:`ring_notify`."""

@@ -278,6 +278,17 @@ bool ring_notify(uintptr_t seq_addr, uintptr_t waiting_addr) {
     return false;
 }
 
+// One call for the producer's commit: the record's length, then head (release, so the consumer
+// that sees head also sees the record), then the doorbell.
+bool ring_publish(uintptr_t len_addr, uint64_t nbytes, uintptr_t head_addr, uint64_t head,
+                  uintptr_t seq_addr, uintptr_t waiting_addr) {
+    std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t *>(len_addr))
+        .store(nbytes, std::memory_order_release);
+    std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t *>(head_addr))
+        .store(head, std::memory_order_release);
+    return ring_notify(seq_addr, waiting_addr);
+}
+
 }  // namespace
 
 void bind_sync(nb::module_ &m) {
@@ -302,6 +313,10 @@ void bind_sync(nb::module_ &m) {
           "returns the new value, or value unchanged on timeout.");
     m.def("ring_notify", &ring_notify, "seq_addr"_a, "waiting_addr"_a,
           "Bump seq_addr and wake its waiters if waiting_addr is set; returns whether it woke.");
+    m.def("ring_publish", &ring_publish, "len_addr"_a, "nbytes"_a, "head_addr"_a, "head"_a,
+          "seq_addr"_a, "waiting_addr"_a,
+          "Store the record length, then head (release), then ring_notify(seq_addr, "
+          "waiting_addr); returns whether it woke a sleeper.");
 }
 
 }  // namespace isthmus_accel

@@ -33,6 +33,15 @@ class Primitives(Protocol):
     def futex_wait(self, addr: int, expected: int, timeout: float | None = None) -> int: ...
     def futex_wake(self, addr: int, n: int = 1) -> int: ...
     def ring_notify(self, seq_addr: int, waiting_addr: int) -> bool: ...
+    def ring_publish(
+        self,
+        len_addr: int,
+        nbytes: int,
+        head_addr: int,
+        head: int,
+        seq_addr: int,
+        waiting_addr: int,
+    ) -> bool: ...
     def ring_wait_u64(
         self,
         addr: int,
@@ -71,6 +80,7 @@ class NativePrimitives:
         self.futex_wait = mod.futex_wait
         self.futex_wake = mod.futex_wake
         self.ring_notify = mod.ring_notify
+        self.ring_publish = mod.ring_publish
         self.ring_wait_u64 = mod.ring_wait_u64
         self._aligned = mod.AlignedMemory
 

@@ -436,6 +436,14 @@ class PurePrimitives:
         return False
 
     @staticmethod
+    def ring_publish(
+        len_addr: int, nbytes: int, head_addr: int, head: int, seq_addr: int, waiting_addr: int
+    ) -> bool:
+        _u64(len_addr).value = nbytes
+        _u64(head_addr).value = head
+        return PurePrimitives.ring_notify(seq_addr, waiting_addr)
+
+    @staticmethod
     def ring_wait_u64(
         addr: int,
         value: int,

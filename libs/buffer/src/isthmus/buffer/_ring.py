@@ -395,7 +395,17 @@ class Ring:
             raise SizeError(f"commit({nbytes}) but the loan holds {n} bytes")
         buf.release()  # raises BufferInUseError, keeping the loan, while views are alive
         self._loan = None
-        self._publish(start, nbytes)
+        # _publish, inlined: this is the latency path.
+        end = start + _REC + ((nbytes + 63) & ~63)
+        self._wpos = end
+        self._p.ring_publish(
+            self._data + start % self.capacity,
+            nbytes,
+            self._a_head,
+            end,
+            self._a_dseq,
+            self._a_cwait,
+        )
 
     def abort(self) -> None:
         """Give back the loaned space without publishing anything."""
@@ -407,12 +417,16 @@ class Ring:
 
     def _publish(self, start: int, nbytes: int) -> None:
         # Length first, then head (release order): the consumer never sees a torn record.
-        p = self._p
-        p.store_u64(self._data + start % self.capacity, nbytes)
         end = start + _REC + ((nbytes + 63) & ~63)
         self._wpos = end
-        p.store_u64(self._a_head, end)
-        p.ring_notify(self._a_dseq, self._a_cwait)
+        self._p.ring_publish(
+            self._data + start % self.capacity,
+            nbytes,
+            self._a_head,
+            end,
+            self._a_dseq,
+            self._a_cwait,
+        )
 
     def send(self, data: Any, timeout: float | None = None) -> None:
         """Copy ``data`` (any buffer) into the ring as one message."""
