@@ -13,6 +13,7 @@ from types import ModuleType
 #: tour name -> module (relative to this package)
 TOURS: dict[str, str] = {
     "buffer": ".buffer",
+    "buffer-latency": ".buffer_latency",
 }
 
 
