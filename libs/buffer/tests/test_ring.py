@@ -25,6 +25,21 @@ from isthmus.buffer import (
 SHM = "/dev/shm/isthmus."
 
 
+def _recv_in_thread(ring: Ring) -> tuple[threading.Thread, list[BaseException]]:
+    """Start a thread blocked in ``ring.recv()``; it records what recv raised."""
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            ring.recv(timeout=30)
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=wait)
+    t.start()
+    return t, errors
+
+
 def test_send_recv_in_one_process(impl: str, name: str) -> None:
     prod = Ring.create(name, 4096)
     cons = Ring.open(name)
@@ -210,16 +225,7 @@ def test_blocked_consumer_wakes_on_close(impl: str, name: str) -> None:
     cons = Ring.open(name)
     prod.send(b"a")
     cons.recv(timeout=1).release()
-    errors: list[BaseException] = []
-
-    def wait() -> None:
-        try:
-            cons.recv(timeout=30)
-        except BaseException as e:
-            errors.append(e)
-
-    t = threading.Thread(target=wait)
-    t.start()
+    t, errors = _recv_in_thread(cons)
     time.sleep(0.05)
     prod.close()
     t.join(5)
@@ -335,16 +341,7 @@ def test_send_from_buffer_and_numpy(impl: str, name: str) -> None:
 def test_consumer_sees_close_of_a_side_that_never_sent(impl: str, name: str) -> None:
     creator = Ring.create(name, 4096)  # creates, then closes without ever sending
     cons = Ring.open(name)
-    errors: list[BaseException] = []
-
-    def wait() -> None:
-        try:
-            cons.recv(timeout=30)
-        except BaseException as e:
-            errors.append(e)
-
-    t = threading.Thread(target=wait)
-    t.start()
+    t, errors = _recv_in_thread(cons)
     time.sleep(0.05)
     creator.close()
     t.join(10)

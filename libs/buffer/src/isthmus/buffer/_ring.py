@@ -395,17 +395,7 @@ class Ring:
             raise SizeError(f"commit({nbytes}) but the loan holds {n} bytes")
         buf.release()  # raises BufferInUseError, keeping the loan, while views are alive
         self._loan = None
-        # _publish, inlined: this is the latency path.
-        end = start + _REC + ((nbytes + 63) & ~63)
-        self._wpos = end
-        self._p.ring_publish(
-            self._data + start % self.capacity,
-            nbytes,
-            self._a_head,
-            end,
-            self._a_dseq,
-            self._a_cwait,
-        )
+        self._publish(start, nbytes)
 
     def abort(self) -> None:
         """Give back the loaned space without publishing anything."""
