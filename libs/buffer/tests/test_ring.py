@@ -386,3 +386,43 @@ def test_producer_exiting_with_ring_open_counts_as_close(impl: str, name: str) -
     with pytest.raises(RingClosedError):  # closed at exit, not a death
         cons.recv(timeout=5)
     cons.close()
+
+
+@pytest.mark.parametrize("offset_records", [1, 5, 14])
+def test_max_message_fits_an_empty_ring_at_any_offset(
+    impl: str, name: str, offset_records: int
+) -> None:
+    prod = Ring.create(name, 1024)
+    cons = Ring.open(name)
+    for _ in range(offset_records):  # move head off the lap start, then drain
+        prod.send(b"")
+        cons.recv(timeout=1).release()
+    for size in (prod.max_message, 700, 1, prod.max_message):
+        data = bytes([size % 251]) * size
+        prod.send(data, timeout=1)  # an empty ring must take it, wrapping or not
+        msg = cons.recv(timeout=1)
+        assert msg.tobytes() == data
+        msg.release()
+    cons.close()
+    prod.close()
+
+
+def test_wrapping_record_waits_for_unreleased_data(impl: str, name: str) -> None:
+    prod = Ring.create(name, 1024)
+    cons = Ring.open(name)
+    prod.send(bytes(100))  # record 192 bytes at offset 0
+    prod.send(bytes(500))  # record 576 bytes at offset 192 -> head at 768
+    first = cons.recv(timeout=1)
+    second = cons.recv(timeout=1)
+    first.release()  # [0, 192) free; [192, 768) still held
+    # 400 bytes (record 512) must wrap to offset 0 and would overlap the held message
+    with pytest.raises(WaitTimeoutError):
+        prod.send(bytes(400), timeout=0.1)
+    assert second.tobytes() == bytes(500)  # untouched
+    prod.send(bytes(100), timeout=1)  # record 192 wraps to [0, 192): fits beside it
+    second.release()
+    prod.send(b"\x07" * 400, timeout=1)
+    assert cons.recv(timeout=1).nbytes == 100
+    assert cons.recv(timeout=1).tobytes() == b"\x07" * 400
+    cons.close()
+    prod.close()

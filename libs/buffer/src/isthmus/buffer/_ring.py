@@ -3,13 +3,15 @@
 Layout inside a :class:`SharedSegment` (offsets in bytes; each side's words on its own cache line):
 
 * 0: magic, capacity
-* 128: ``head`` (u64, bytes ever published), producer state/pid/start time
+* 128: ``head`` (u64, bytes ever published), producer state/pid/start time, ``skip``
 * 256: ``tail`` (u64, bytes ever released), consumer state/pid/start time
 * 384: ``data_seq`` futex word + consumer-is-sleeping flag
 * 512: ``space_seq`` futex word + producer-is-sleeping flag
 * 1024: the data area.  A record is a 64-byte header (the payload length) and the payload padded
   to 64 bytes, so payloads are 64-byte aligned and never wrap: a record that would cross the end
-  leaves a WRAP marker and starts again at offset 0.
+  starts again at offset 0, and ``skip`` (written before ``head``) tells the consumer where the
+  rest of the lap was skipped.  Out of band, so a record may reuse the skipped bytes as soon as
+  everything before it was released: any message up to ``capacity - 64`` bytes fits an empty ring.
 
 The producer writes a payload, then its length, then moves ``head`` (release order); the consumer
 reads ``head`` (acquire) and only then the record, so it never sees a torn message.  A waiting side
@@ -62,12 +64,12 @@ _MAGIC = int.from_bytes(b"ISTHRNG1", "little")
 _CAP = 8
 _OPENS = 16  # u32: how many Ring objects ever attached (create counts as one)
 _HEAD, _PSTATE, _PPID, _PSTART = 128, 136, 140, 144
+_SKIP = 152  # u64: stream position where the producer last skipped to the next lap
 _TAIL, _CSTATE, _CPID, _CSTART = 256, 264, 268, 272
 _DSEQ, _CWAIT = 384, 388
 _SSEQ, _PWAIT = 512, 516
 _DATA = 1024
 _REC = 64
-_WRAP = 0xFFFFFFFFFFFFFFFF
 _NONE, _ATTACHED, _CLOSED = 0, 1, 2
 PRODUCER, CONSUMER = "producer", "consumer"
 
@@ -161,6 +163,7 @@ class Ring:
         # consumer
         ring._rpos = 0
         ring._head_cache = 0
+        ring._skip_cache = 0
         ring._outstanding = deque()
         # Threads inside _wait (one entry each; list append/pop are atomic): close() must not
         # unmap the segment under them.
@@ -184,6 +187,7 @@ class Ring:
     _loan: tuple[Buffer, int, int] | None
     _rpos: int
     _head_cache: int
+    _skip_cache: int
     _outstanding: deque[list[Any]]
     _active: list[None]
     _closing: bool
@@ -351,7 +355,10 @@ class Ring:
         head = self._wpos
         off = head % cap
         start = head if rec <= cap - off else head + (cap - off)
-        need = start + rec - cap  # tail must reach this
+        # The record must not overwrite anything unreleased: tail must reach ``start + rec - cap``,
+        # or, for a record that wraps, simply ``head`` (an empty ring holds nothing to overwrite,
+        # and the skipped end of the lap is announced out of band, in _SKIP).
+        need = min(start + rec - cap, head)
         if self._tail_cache < need:
             tail = p.load_u64(b + _TAIL)
             if tail < need:
@@ -365,7 +372,8 @@ class Ring:
         start = self._room(n, timeout)
         head = self._wpos
         if start != head:
-            self._p.store_u64(self._data + head % self.capacity, _WRAP)
+            # Before head moves past it (release order), so the consumer sees it in time.
+            self._p.store_u64(self._base + _SKIP, head)
         return start
 
     def wait_writable(self, n: int, timeout: float | None = None, *, _cancel: Any = None) -> None:
@@ -449,14 +457,15 @@ class Ring:
             if head == pos:
                 head = self._wait(_HEAD, pos, pos + 1, _DSEQ, _CWAIT, timeout, _PEER_PRODUCER)
             self._head_cache = head
+            # Read after head (acquire): covers any skip made before that head was published.
+            self._skip_cache = p.load_u64(self._base + _SKIP)
         cap = self.capacity
         data = self._data
         off = pos % cap
-        n = p.load_u64(data + off)
-        if n == _WRAP:
+        if off and pos == self._skip_cache:  # the producer went on at the next lap's start
             pos += cap - off
             off = 0
-            n = p.load_u64(data)
+        n = p.load_u64(data + off)
         end = pos + _REC + ((n + 63) & ~63)
         self._rpos = end
         entry: list[Any] = [end, False, None]
