@@ -155,7 +155,8 @@ def ring_wait_u64(
 ) -> int:
     """Spin up to ``spin_ns``, then futex-wait on ``seq_addr`` until ``*addr != value``.
 
-    Returns the new value, or ``value`` unchanged when ``timeout`` (seconds) expires."""
+    Returns the new value, or ``value`` unchanged when ``timeout`` (seconds) expires or when
+    ``*seq_addr`` moved without ``*addr`` changing (a notification such as a close)."""
 
 def ring_notify(seq_addr: int, waiting_addr: int) -> bool:
     """Bump ``*seq_addr``; wake its waiters if ``*waiting_addr`` is set. True if it woke."""

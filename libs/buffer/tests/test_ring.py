@@ -426,3 +426,29 @@ def test_wrapping_record_waits_for_unreleased_data(impl: str, name: str) -> None
     assert cons.recv(timeout=1).tobytes() == b"\x07" * 400
     cons.close()
     prod.close()
+
+
+def test_blocked_producer_sees_consumer_close_at_once(impl: str, name: str) -> None:
+    prod = Ring.create(name, 1024)
+    cons = Ring.open(name)
+    prod.send(bytes(900))
+    cons.recv(timeout=1).release()
+    prod.send(bytes(900))  # the ring is full now
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            prod.send(bytes(900), timeout=30)
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=send)
+    t.start()
+    time.sleep(0.3)  # past the first liveness slice: the producer sleeps on the futex
+    t0 = time.monotonic()
+    cons.close()
+    t.join(30)
+    # The close rings the doorbell: the sleeper looks at once instead of after its slice (2 s).
+    assert isinstance(errors[0], RingClosedError)
+    assert time.monotonic() - t0 < 1.5
+    prod.close()

@@ -216,7 +216,11 @@ WaitResult ring_futex_loop(uintptr_t addr, uint64_t value, uintptr_t seq_addr,
                 return {WaitStatus::interrupted, value, err};
             return {WaitStatus::error, value, err};
         }
-        // Woken (possibly spuriously), seq moved on, or timed out: re-evaluate.
+        // The doorbell rang but the word did not move: a notification such as the peer closing.
+        // Return (value unchanged) so the caller looks at the peer's state now, not a slice later.
+        if (ld32(seq_addr) != seq)
+            return {WaitStatus::changed, value, 0};
+        // Woken spuriously or timed out: re-evaluate.
     }
 }
 
@@ -310,7 +314,7 @@ void bind_sync(nb::module_ &m) {
     m.def("ring_wait_u64", &ring_wait_u64, "addr"_a, "value"_a, "seq_addr"_a, "waiting_addr"_a,
           "spin_ns"_a, "timeout"_a.none(),
           "Spin, then futex-wait on seq_addr until *addr != value or the timeout expires; "
-          "returns the new value, or value unchanged on timeout.");
+          "returns the new value, or value unchanged on timeout or when seq_addr moved without it.");
     m.def("ring_notify", &ring_notify, "seq_addr"_a, "waiting_addr"_a,
           "Bump seq_addr and wake its waiters if waiting_addr is set; returns whether it woke.");
     m.def("ring_publish", &ring_publish, "len_addr"_a, "nbytes"_a, "head_addr"_a, "head"_a,

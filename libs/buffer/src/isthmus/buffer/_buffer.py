@@ -199,14 +199,11 @@ class Buffer(CoreBase):  # type: ignore[misc]
         self._check()
         if self._core_readonly:
             raise ReadOnlyBufferError("cannot copy into a read-only buffer")
-        if isinstance(src, Buffer):
-            src._check()
-            saddr, n = src._core_addr, src._core_nbytes
-        else:
-            with memoryview(src) as smv:  # type: ignore[arg-type]
-                saddr, n, _ = _address_of(smv)
-                return self._copy_in(saddr, n, offset, smv)
-        return self._copy_in(saddr, n, offset, src)
+        # Both sides stay exported while the copy runs without the GIL, so another thread cannot
+        # release or unmap either of them mid-copy (release() refuses while views are alive).
+        with memoryview(self) as _pin, memoryview(src) as smv:  # type: ignore[arg-type]
+            saddr, n, _ = _address_of(smv)
+            return self._copy_in(saddr, n, offset, smv)
 
     def _copy_in(self, saddr: int, n: int, offset: int, keep: object) -> int:
         if offset < 0 or offset + n > self._core_nbytes:

@@ -130,6 +130,8 @@ class BufferPool:
                 "use exhaustion='wait' or 'grow'"
             )
         with self._cond:
+            if self._closed:  # close() may have run since the check above
+                raise PoolClosedError("the pool is closed")
             if self.exhaustion == "grow":
                 if not self._free:
                     self._add_arena()

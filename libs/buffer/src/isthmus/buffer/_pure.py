@@ -480,3 +480,5 @@ class PurePrimitives:
             v = word.value
             if v != value:
                 return int(v)
+            if seq.value != s:  # the doorbell rang without news: e.g. the peer closed
+                return value

@@ -192,14 +192,20 @@ class SharedSegment:
                 pause = min(pause * 2, 0.05)
                 continue
             fcntl.flock(fd, fcntl.LOCK_EX)
-            total = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            if st.st_nlink == 0:
+                # The last user unlinked this file while we waited for the lock: look again,
+                # the name may already hold a new segment.
+                os.close(fd)
+                continue
+            total = st.st_size
             if total >= _HEADER:
                 mm = mmap.mmap(fd, total, flags=_MAP_FLAGS)
                 magic, _, _, size = _HDR.unpack_from(mm, 0)
                 if magic == _MAGIC:
                     if not _live_entries(mm):
                         # Every user died: it is garbage, not a segment to join.
-                        _unlink_quiet(path)
+                        _unlink_quiet(path, fd)
                         mm.close()
                         os.close(fd)
                         raise SegmentNotFoundError(
@@ -310,7 +316,7 @@ class SharedSegment:
         try:
             _ENTRY.pack_into(mm, _TABLE_OFF + self._slot * _ENTRY.size, 0, 0, 0)
             if not _live_entries(mm):
-                _unlink_quiet(self.path)
+                _unlink_quiet(self.path, self._fd)
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             self._mm = None
@@ -343,8 +349,14 @@ class SharedSegment:
         return f"<SharedSegment {self.name!r} {self.size} bytes {state}>"
 
 
-def _unlink_quiet(path: str) -> None:
+def _unlink_quiet(path: str, fd: int | None = None) -> None:
+    """Remove ``path``; with ``fd``, only if the name still refers to that file (the name may
+    have been unlinked and created anew by others since ``fd`` was opened)."""
     with contextlib.suppress(FileNotFoundError):
+        if fd is not None:
+            mine, now = os.fstat(fd), os.stat(path)
+            if (mine.st_ino, mine.st_dev) != (now.st_ino, now.st_dev):
+                return
         os.unlink(path)
 
 
@@ -379,7 +391,7 @@ def sweep_stale_segments(only: str | None = None) -> list[str]:
                 if mm[:8] != _MAGIC:
                     continue
                 if not _live_entries(mm):
-                    _unlink_quiet(path)
+                    _unlink_quiet(path, fd)
                     removed.append(fname[len(PREFIX) :])
         finally:
             os.close(fd)
