@@ -199,6 +199,8 @@ class Buffer(CoreBase):  # type: ignore[misc]
         self._check()
         if self._core_readonly:
             raise ReadOnlyBufferError("cannot copy into a read-only buffer")
+        if isinstance(src, Buffer):
+            src._check()  # the typed error, before memoryview() would raise its own
         # Both sides stay exported while the copy runs without the GIL, so another thread cannot
         # release or unmap either of them mid-copy (release() refuses while views are alive).
         with memoryview(self) as _pin, memoryview(src) as smv:  # type: ignore[arg-type]

@@ -171,9 +171,12 @@ class DeviceBuffer:
         return out
 
     def release(self) -> None:
-        """Drop the reference to the producer; further use raises."""
+        """Make this wrapper unusable; further use raises.
+
+        The device memory lives as long as its producer does: arrays made from this buffer
+        (``cupy()``, ``__dlpack__``) may still use it, so the producer is not dropped here.
+        """
         self._released = True
-        self._owner = None
 
     def __repr__(self) -> str:
         return f"<DeviceBuffer {self._nbytes} bytes on device {self._device}>"

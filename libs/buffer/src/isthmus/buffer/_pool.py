@@ -133,9 +133,11 @@ class BufferPool:
             if self._closed:  # close() may have run since the check above
                 raise PoolClosedError("the pool is closed")
             if self.exhaustion == "grow":
-                if not self._free:
-                    self._add_arena()
-                return self._free.pop()
+                while True:  # lock-free fast-path callers may take the new slots first
+                    try:
+                        return self._free.pop()
+                    except IndexError:
+                        self._add_arena()
             deadline = None if timeout is None else time.monotonic() + timeout
             self._waiters += 1
             try:

@@ -26,6 +26,7 @@ import atexit
 import contextlib
 import os
 import struct
+import threading
 import time
 import weakref
 from collections import deque
@@ -34,6 +35,7 @@ from typing import Any
 from ._backend import Primitives, current
 from ._buffer import Buffer
 from ._errors import (
+    BufferInUseError,
     IsthmusBufferError,
     MessageTooLargeError,
     PeerDiedError,
@@ -51,13 +53,33 @@ _make = Buffer._make
 _open_rings: weakref.WeakSet[Ring] = weakref.WeakSet()
 
 
+def _forget_in_child() -> None:
+    # A forked child shares the parent's mapping but owns none of its rings: it must not
+    # publish, release or close anything in them.
+    for ring in list(_open_rings):
+        ring._seg = None
+        ring._role = None
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 @atexit.register
 def _close_all() -> None:
     # Registered after the segments' handler, so it runs first (atexit is LIFO): the peer sees
     # a close, not a death, and nothing writes into a segment after it is unmapped.
     for ring in list(_open_rings):
-        with contextlib.suppress(Exception):
+        try:
             ring.close()
+        except BufferInUseError:
+            # Views of received messages outlive us: tell the peer we closed and let go of the
+            # memory without releasing them (the process is ending anyway).
+            with contextlib.suppress(Exception):
+                ring._mark_closed()
+                ring._seg = None
+                ring._role = None
+        except Exception:
+            pass
 
 
 _MAGIC = int.from_bytes(b"ISTHRNG1", "little")
@@ -169,6 +191,7 @@ class Ring:
         # unmap the segment under them.
         ring._active = []
         ring._closing = False
+        ring._release_lock = threading.Lock()
         ring._a_head = ring._base + _HEAD
         ring._a_tail = ring._base + _TAIL
         ring._a_dseq = ring._base + _DSEQ
@@ -191,6 +214,7 @@ class Ring:
     _outstanding: deque[list[Any]]
     _active: list[None]
     _closing: bool
+    _release_lock: threading.Lock
     _a_head: int
     _a_tail: int
     _a_dseq: int
@@ -224,17 +248,18 @@ class Ring:
             (_PSTATE, _PPID, _PSTART) if role == PRODUCER else (_CSTATE, _CPID, _CSTART)
         )
         p, b = self._p, self._base
-        if p.load_u32(b + st) == _ATTACHED:
-            other = p.load_u32(b + pid_off)
-            if process_alive(other, p.load_u64(b + start_off)):
-                raise RingUsageError(
-                    f"ring {self.name!r} already has a {role} (pid {other}); a Ring is "
-                    "single-producer/single-consumer"
-                )
-        pid = os.getpid()
-        p.store_u64(b + start_off, _start_time(pid))
-        p.store_u32(b + pid_off, pid)
-        p.store_u32(b + st, _ATTACHED)
+        with self._seg._locked():  # two processes must not both take the role
+            if p.load_u32(b + st) == _ATTACHED:
+                other = p.load_u32(b + pid_off)
+                if process_alive(other, p.load_u64(b + start_off)):
+                    raise RingUsageError(
+                        f"ring {self.name!r} already has a {role} (pid {other}); a Ring is "
+                        "single-producer/single-consumer"
+                    )
+            pid = os.getpid()
+            p.store_u64(b + start_off, _start_time(pid))
+            p.store_u32(b + pid_off, pid)
+            p.store_u32(b + st, _ATTACHED)
         self._role = role
         if role == PRODUCER:
             self._wpos = p.load_u64(b + _HEAD)
@@ -281,20 +306,24 @@ class Ring:
         Spins ``spin`` seconds, then sleeps on the futex in slices that grow from
         LIVENESS_FIRST to LIVENESS_MAX, checking after each that the peer is alive.
         """
-        if self._closing:
-            raise RingClosedError(f"ring {self.name!r} is closed")
         active = self._active
-        active.append(None)
+        active.append(None)  # before the check: close() either sees us or we see _closing
         try:
+            if self._closing:
+                raise RingClosedError(f"ring {self.name!r} is closed")
             p, b = self._p, self._base
             slice_ = LIVENESS_FIRST if cancel is None else 0.05
+            deadline = None
             if timeout is not None:
+                deadline = time.monotonic() + timeout
                 slice_ = min(slice_, max(timeout, 0.0))
             # Fast path: one native call spins and then sleeps the first slice.
             v = p.ring_wait_u64(b + word, value, b + seq, b + waiting, self._spin_ns, slice_)
             if v >= target:
                 return v
-            return self._wait_slices(word, v, target, seq, waiting, timeout, peer, cancel, slice_)
+            return self._wait_slices(
+                word, v, target, seq, waiting, timeout, deadline, peer, cancel, slice_
+            )
         finally:
             active.pop()
 
@@ -306,12 +335,12 @@ class Ring:
         seq: int,
         waiting: int,
         timeout: float | None,
+        deadline: float | None,
         peer: tuple[int, int, int, str],
         cancel: Any,
         slept: float,
     ) -> int:
         p, b = self._p, self._base
-        deadline = None if timeout is None else time.monotonic() + timeout - slept
         slice_ = slept
         while True:
             if self._closing:
@@ -369,12 +398,7 @@ class Ring:
     def _reserve(self, n: int, timeout: float | None) -> int:
         if self._loan is not None:
             raise RingUsageError("commit() or abort() the previous loan first")
-        start = self._room(n, timeout)
-        head = self._wpos
-        if start != head:
-            # Before head moves past it (release order), so the consumer sees it in time.
-            self._p.store_u64(self._base + _SKIP, head)
-        return start
+        return self._room(n, timeout)
 
     def wait_writable(self, n: int, timeout: float | None = None, *, _cancel: Any = None) -> None:
         """Block until an ``n``-byte message fits (without reserving it)."""
@@ -415,6 +439,9 @@ class Ring:
 
     def _publish(self, start: int, nbytes: int) -> None:
         # Length first, then head (release order): the consumer never sees a torn record.
+        if start != self._wpos:
+            # The record wrapped: say where the lap was cut short, before head moves past it.
+            self._p.store_u64(self._base + _SKIP, self._wpos)
         end = start + _REC + ((nbytes + 63) & ~63)
         self._wpos = end
         self._p.ring_publish(
@@ -428,17 +455,14 @@ class Ring:
 
     def send(self, data: Any, timeout: float | None = None) -> None:
         """Copy ``data`` (any buffer) into the ring as one message."""
-        if isinstance(data, Buffer):
-            addr, n = data.address, data.nbytes
-            keep: Any = data
-        else:
-            keep = memoryview(data)
+        # The export pins the source (a Buffer refuses release() meanwhile) while the copy runs
+        # without the GIL.
+        with memoryview(data) as keep:
             addr, n, _ = self._p.address_of(keep)
-        start = self._reserve(n, timeout)
-        if n:
-            self._p.memcopy(self._data + start % self.capacity + _REC, addr, n)
-        self._publish(start, n)
-        del keep
+            start = self._reserve(n, timeout)
+            if n:
+                self._p.memcopy(self._data + start % self.capacity + _REC, addr, n)
+            self._publish(start, n)
 
     # --- consumer ----------------------------------------------------------------------------
     def recv(self, timeout: float | None = None) -> Buffer:
@@ -487,14 +511,18 @@ class Ring:
 
     def _buffer_released(self, entry: list[Any]) -> None:
         entry[1] = True
-        out = self._outstanding
-        tail = -1
-        while out and out[0][1]:
-            tail = out.popleft()[0]
-        if tail >= 0 and self._seg is not None:
-            p = self._p
-            p.store_u64(self._a_tail, tail)
-            p.ring_notify(self._base + _SSEQ, self._base + _PWAIT)
+        seg = self._seg
+        if seg is None or seg.closed:  # closed (or a forked copy): nothing to hand back
+            return
+        with self._release_lock:  # releases from two threads must not move tail backwards
+            out = self._outstanding
+            tail = -1
+            while out and out[0][1]:
+                tail = out.popleft()[0]
+            if tail >= 0:
+                p = self._p
+                p.store_u64(self._a_tail, tail)
+                p.ring_notify(self._base + _SSEQ, self._base + _PWAIT)
 
     def release(self) -> None:
         """Release the oldest received message that is not released yet."""
@@ -532,12 +560,18 @@ class Ring:
             self._role = None
             seg.close()
             return
-        for entry in list(self._outstanding):
-            buf = entry[2]() if not entry[1] else None
-            if buf is not None:
-                buf.release()
+        held = [b for e in self._outstanding if not e[1] and (b := e[2]()) is not None]
         if self._loan is not None:
-            self.abort()
+            held.append(self._loan[0])
+        busy = sum(1 for b in held if b._core_exports or b._children)
+        if busy:
+            raise BufferInUseError(
+                f"cannot close ring {self.name!r}: {busy} message(s) still have live views; "
+                "release or delete them first"
+            )
+        for b in held:
+            b.release()
+        self._loan = None
         self._closing = True
         # Threads waiting in this Ring notice within one slice (the kick wakes a futex sleeper);
         # the memory they read must stay mapped until they have left.
@@ -545,13 +579,7 @@ class Ring:
         while self._active and time.monotonic() < deadline:
             self._kick()
             time.sleep(0.002)
-        p, b = self._p, self._base
-        if self._role == PRODUCER:
-            p.store_u32(b + _PSTATE, _CLOSED)
-            p.ring_notify(b + _DSEQ, b + _CWAIT)
-        elif self._role == CONSUMER:
-            p.store_u32(b + _CSTATE, _CLOSED)
-            p.ring_notify(b + _SSEQ, b + _PWAIT)
+        self._mark_closed()
         self._seg = None
         self._role = None  # every later call goes through _claim, which raises RingClosedError
         seg.close()
@@ -573,11 +601,23 @@ class Ring:
         state = "closed" if self._seg is None else (self._role or "unattached")
         return f"<Ring {self.name!r} capacity={self.capacity} {state}>"
 
+    def _mark_closed(self) -> None:
+        """Publish that this side closed and wake the peer."""
+        p, b = self._p, self._base
+        if self._role == PRODUCER:
+            p.store_u32(b + _PSTATE, _CLOSED)
+            p.ring_notify(b + _DSEQ, b + _CWAIT)
+        elif self._role == CONSUMER:
+            p.store_u32(b + _CSTATE, _CLOSED)
+            p.ring_notify(b + _SSEQ, b + _PWAIT)
+
     def _kick(self) -> None:
         """Wake this side's own sleeper (used to cancel a wait from another thread)."""
         if self._seg is None:
             return
+        # Ringing our own doorbell (not just a futex wake) makes the sleeper return at once.
+        b = self._base
         if self._role == PRODUCER:
-            self._p.futex_wake(self._base + _SSEQ, 0x7FFFFFFF)
+            self._p.ring_notify(b + _SSEQ, b + _PWAIT)
         else:
-            self._p.futex_wake(self._base + _DSEQ, 0x7FFFFFFF)
+            self._p.ring_notify(b + _DSEQ, b + _CWAIT)

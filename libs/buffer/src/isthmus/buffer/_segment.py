@@ -20,7 +20,7 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ._buffer import Buffer
@@ -192,32 +192,18 @@ class SharedSegment:
                 pause = min(pause * 2, 0.05)
                 continue
             fcntl.flock(fd, fcntl.LOCK_EX)
-            st = os.fstat(fd)
-            if st.st_nlink == 0:
-                # The last user unlinked this file while we waited for the lock: look again,
-                # the name may already hold a new segment.
-                os.close(fd)
-                continue
-            total = st.st_size
-            if total >= _HEADER:
-                mm = mmap.mmap(fd, total, flags=_MAP_FLAGS)
-                magic, _, _, size = _HDR.unpack_from(mm, 0)
-                if magic == _MAGIC:
-                    if not _live_entries(mm):
-                        # Every user died: it is garbage, not a segment to join.
-                        _unlink_quiet(path, fd)
-                        mm.close()
-                        os.close(fd)
-                        raise SegmentNotFoundError(
-                            f"shared segment {name!r} was abandoned (its processes died); "
-                            "it has been removed"
-                        )
-                    return cls._attach(name, fd, mm, size)
-                mm.close()
-            # The creator is between O_CREAT and taking the lock: wait a moment.
+            try:
+                joined = _inspect(name, path, fd)
+            except BaseException:
+                os.close(fd)  # closing the fd also drops the flock
+                raise
+            if joined is not None:
+                return cls._attach(name, fd, *joined)
             os.close(fd)
             if time.monotonic() > deadline:
                 raise IsthmusBufferError(f"shared segment {name!r} is not initialised")
+            # The creator is between O_CREAT and taking the lock, or the file we opened was
+            # unlinked meanwhile: look again in a moment.
             time.sleep(0.001)
 
     @classmethod
@@ -284,6 +270,15 @@ class SharedSegment:
             return []
         return [(p, process_alive(p, st)) for i, p, st in _read_table(self._mm) if i != self._slot]
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the segment's cross-process lock (flock; the kernel drops it if we die)."""
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
     def attached_pids(self) -> list[int]:
         """Pids of the live processes attached to the segment."""
         if self._mm is None:
@@ -349,6 +344,30 @@ class SharedSegment:
         return f"<SharedSegment {self.name!r} {self.size} bytes {state}>"
 
 
+def _inspect(name: str, path: str, fd: int) -> tuple[mmap.mmap, int] | None:
+    """Map a segment file we hold the flock of: ``(mapping, user size)`` if it can be joined,
+    None if it is not ready (being created) or no longer the file behind the name."""
+    st = os.fstat(fd)
+    if st.st_nlink == 0 or st.st_size < _HEADER:
+        return None
+    mm = mmap.mmap(fd, st.st_size, flags=_MAP_FLAGS)
+    try:
+        magic, _, _, size = _HDR.unpack_from(mm, 0)
+        if magic != _MAGIC:
+            mm.close()
+            return None
+        if not _live_entries(mm):
+            # Every user died: it is garbage, not a segment to join.
+            _unlink_quiet(path, fd)
+            raise SegmentNotFoundError(
+                f"shared segment {name!r} was abandoned (its processes died); it has been removed"
+            )
+    except BaseException:
+        mm.close()
+        raise
+    return mm, size
+
+
 def _unlink_quiet(path: str, fd: int | None = None) -> None:
     """Remove ``path``; with ``fd``, only if the name still refers to that file (the name may
     have been unlinked and created anew by others since ``fd`` was opened)."""
@@ -404,7 +423,8 @@ def _close_all() -> None:
         segs = list(_open_segments)
     for seg in segs:
         try:
-            if seg._buffer is not None and seg._buffer._core_exports:
+            buf = seg._buffer
+            if buf is not None and (buf._core_exports or buf._children):
                 # Views outlive us anyway at exit: detach without releasing them.
                 seg._buffer = None
             seg.close()
