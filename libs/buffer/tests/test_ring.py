@@ -449,3 +449,56 @@ def test_blocked_producer_sees_consumer_close(impl: str, name: str) -> None:
     t.join(30)
     assert not t.is_alive() and isinstance(errors[0], RingClosedError)
     prod.close()
+
+
+def test_aborted_wrapping_loan_leaves_the_stream_intact(impl: str, name: str) -> None:
+    prod = Ring.create(name, 1024)
+    cons = Ring.open(name)
+    prod.send(b"OLD-at-offset-0")
+    for _ in range(6):  # head to offset 448 (7 records of 64), all drained
+        cons.recv(timeout=1).release()
+        prod.send(b"")
+    cons.recv(timeout=1).release()
+    prod.loan(600)  # would wrap to offset 0 ...
+    prod.abort()  # ... but is given back
+    prod.send(b"NEW")  # fits at offset 448 without wrapping
+    assert cons.recv(timeout=1).tobytes() == b"NEW"
+    cons.close()
+    prod.close()
+
+
+def test_forked_child_dropping_a_message_does_not_free_it(impl: str, name: str) -> None:
+    prod = Ring.create(name, 1024)
+    cons = Ring.open(name)
+    prod.send(b"A" * 900)
+    msg = cons.recv(timeout=1)
+    pid = os.fork()
+    if pid == 0:  # a worker that inherits the message and drops it
+        del msg
+        os._exit(0)
+    os.waitpid(pid, 0)
+    with pytest.raises(WaitTimeoutError):  # still held by us: no room for another
+        prod.send(b"B" * 900, timeout=0.1)
+    assert msg.tobytes() == b"A" * 900
+    msg.release()
+    prod.send(b"B" * 900, timeout=1)
+    cons.close()
+    prod.close()
+
+
+def test_concurrent_releases_never_lose_space(impl: str, name: str) -> None:
+    prod = Ring.create(name, 1 << 16)
+    cons = Ring.open(name)
+    for _ in range(200):
+        held = []
+        for _ in range(8):
+            prod.send(bytes(64))
+            held.append(cons.recv(timeout=1))
+        threads = [threading.Thread(target=m.release) for m in held]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert prod.pending == 0
+    cons.close()
+    prod.close()

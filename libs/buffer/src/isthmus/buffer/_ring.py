@@ -121,6 +121,10 @@ class Ring:
     Consumer: :meth:`recv` returns a read-only :class:`Buffer` viewing the message in the ring;
     :meth:`release` (or ``buf.release()``, or dropping it) frees its space.
 
+    A ``Ring`` object belongs to one thread at a time.  Another thread may call :meth:`close`
+    to stop one that is blocked waiting (it wakes with :class:`RingClosedError`), but not while
+    that thread is in the middle of reading or writing a message.
+
     ``spin`` is how long (seconds) a waiting side busy-polls before it sleeps in the kernel;
     the default 0 sleeps at once, so an idle ring uses no CPU.  A few tens of microseconds of
     spin cut the latency to a few microseconds when messages come often.
