@@ -502,3 +502,26 @@ def test_concurrent_releases_never_lose_space(impl: str, name: str) -> None:
         assert prod.pending == 0
     cons.close()
     prod.close()
+
+
+def test_close_from_another_thread_while_messages_flow(impl: str, name: str) -> None:
+    prod = Ring.create(name, 1 << 16)
+    cons = Ring.open(name)
+    outcome: list[BaseException] = []
+
+    def pump() -> None:
+        try:
+            while True:
+                prod.send(bytes(256), timeout=5)
+                cons.recv(timeout=5).release()
+        except BaseException as e:
+            outcome.append(e)
+
+    t = threading.Thread(target=pump)
+    t.start()
+    time.sleep(0.2)
+    cons.close()  # from this thread, while the pump is mid-send or mid-recv
+    t.join(10)
+    assert not t.is_alive()
+    assert isinstance(outcome[0], RingClosedError)  # a clean error, never a crash
+    prod.close()

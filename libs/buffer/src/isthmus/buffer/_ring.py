@@ -121,9 +121,9 @@ class Ring:
     Consumer: :meth:`recv` returns a read-only :class:`Buffer` viewing the message in the ring;
     :meth:`release` (or ``buf.release()``, or dropping it) frees its space.
 
-    A ``Ring`` object belongs to one thread at a time.  Another thread may call :meth:`close`
-    to stop one that is blocked waiting (it wakes with :class:`RingClosedError`), but not while
-    that thread is in the middle of reading or writing a message.
+    Use a ``Ring`` object from one thread at a time.  Another thread may :meth:`close` it at any
+    moment: close waits for an operation in progress to finish, and a blocked wait wakes with
+    :class:`RingClosedError`.
 
     ``spin`` is how long (seconds) a waiting side busy-polls before it sleeps in the kernel;
     the default 0 sleeps at once, so an idle ring uses no CPU.  A few tens of microseconds of
@@ -414,24 +414,38 @@ class Ring:
         Blocks while the ring is full (``timeout`` seconds at most, None = forever).  Write the
         message in place, drop any views of it, then call :meth:`commit`.
         """
-        start = self._reserve(n, timeout)
-        buf = _make(self._data + start % self.capacity + _REC, n, False, self)
-        self._loan = (buf, start, n)
-        return buf
+        active = self._active
+        active.append(None)  # close() from another thread waits until we leave
+        try:
+            if self._closing:
+                raise RingClosedError(f"ring {self.name!r} is closed")
+            start = self._reserve(n, timeout)
+            buf = _make(self._data + start % self.capacity + _REC, n, False, self)
+            self._loan = (buf, start, n)
+            return buf
+        finally:
+            active.pop()
 
     def commit(self, nbytes: int | None = None) -> None:
         """Publish the loaned message (its first ``nbytes`` bytes if given)."""
-        loan = self._loan
-        if loan is None:
-            raise RingUsageError("commit() without a loan(); call loan(n) first")
-        buf, start, n = loan
-        if nbytes is None:
-            nbytes = n
-        elif not 0 <= nbytes <= n:
-            raise SizeError(f"commit({nbytes}) but the loan holds {n} bytes")
-        buf.release()  # raises BufferInUseError, keeping the loan, while views are alive
-        self._loan = None
-        self._publish(start, nbytes)
+        active = self._active
+        active.append(None)  # close() from another thread waits until we leave
+        try:
+            if self._closing:
+                raise RingClosedError(f"ring {self.name!r} is closed")
+            loan = self._loan
+            if loan is None:
+                raise RingUsageError("commit() without a loan(); call loan(n) first")
+            buf, start, n = loan
+            if nbytes is None:
+                nbytes = n
+            elif not 0 <= nbytes <= n:
+                raise SizeError(f"commit({nbytes}) but the loan holds {n} bytes")
+            buf.release()  # raises BufferInUseError, keeping the loan, while views are alive
+            self._loan = None
+            self._publish(start, nbytes)
+        finally:
+            active.pop()
 
     def abort(self) -> None:
         """Give back the loaned space without publishing anything."""
@@ -459,14 +473,21 @@ class Ring:
 
     def send(self, data: Any, timeout: float | None = None) -> None:
         """Copy ``data`` (any buffer) into the ring as one message."""
-        # The export pins the source (a Buffer refuses release() meanwhile) while the copy runs
-        # without the GIL.
-        with memoryview(data) as keep:
-            addr, n, _ = self._p.address_of(keep)
-            start = self._reserve(n, timeout)
-            if n:
-                self._p.memcopy(self._data + start % self.capacity + _REC, addr, n)
-            self._publish(start, n)
+        active = self._active
+        active.append(None)  # close() from another thread waits until we leave
+        try:
+            if self._closing:
+                raise RingClosedError(f"ring {self.name!r} is closed")
+            # The export pins the source (a Buffer refuses release() meanwhile) while the copy runs
+            # without the GIL.
+            with memoryview(data) as keep:
+                addr, n, _ = self._p.address_of(keep)
+                start = self._reserve(n, timeout)
+                if n:
+                    self._p.memcopy(self._data + start % self.capacity + _REC, addr, n)
+                self._publish(start, n)
+        finally:
+            active.pop()
 
     # --- consumer ----------------------------------------------------------------------------
     def recv(self, timeout: float | None = None) -> Buffer:
@@ -476,31 +497,38 @@ class Ring:
         :class:`RingClosedError` once the producer closed and every message was received, and
         :class:`PeerDiedError` if the producer died.  Release the message when done with it.
         """
-        if self._role != CONSUMER:
-            self._claim(CONSUMER)
-        p = self._p
-        pos = self._rpos
-        if pos == self._head_cache:
-            head = p.load_u64(self._a_head)
-            if head == pos:
-                head = self._wait(_HEAD, pos, pos + 1, _DSEQ, _CWAIT, timeout, _PEER_PRODUCER)
-            self._head_cache = head
-            # Read after head (acquire): covers any skip made before that head was published.
-            self._skip_cache = p.load_u64(self._base + _SKIP)
-        cap = self.capacity
-        data = self._data
-        off = pos % cap
-        if off and pos == self._skip_cache:  # the producer went on at the next lap's start
-            pos += cap - off
-            off = 0
-        n = p.load_u64(data + off)
-        end = pos + _REC + ((n + 63) & ~63)
-        self._rpos = end
-        entry: list[Any] = [end, False, None]
-        self._outstanding.append(entry)
-        buf = _make(data + off + _REC, n, True, self, self, entry)
-        entry[2] = weakref.ref(buf)
-        return buf
+        active = self._active
+        active.append(None)  # close() from another thread waits until we leave
+        try:
+            if self._closing:
+                raise RingClosedError(f"ring {self.name!r} is closed")
+            if self._role != CONSUMER:
+                self._claim(CONSUMER)
+            p = self._p
+            pos = self._rpos
+            if pos == self._head_cache:
+                head = p.load_u64(self._a_head)
+                if head == pos:
+                    head = self._wait(_HEAD, pos, pos + 1, _DSEQ, _CWAIT, timeout, _PEER_PRODUCER)
+                self._head_cache = head
+                # Read after head (acquire): covers any skip made before that head was published.
+                self._skip_cache = p.load_u64(self._base + _SKIP)
+            cap = self.capacity
+            data = self._data
+            off = pos % cap
+            if off and pos == self._skip_cache:  # the producer went on at the next lap's start
+                pos += cap - off
+                off = 0
+            n = p.load_u64(data + off)
+            end = pos + _REC + ((n + 63) & ~63)
+            self._rpos = end
+            entry: list[Any] = [end, False, None]
+            self._outstanding.append(entry)
+            buf = _make(data + off + _REC, n, True, self, self, entry)
+            entry[2] = weakref.ref(buf)
+            return buf
+        finally:
+            active.pop()
 
     def wait_readable(self, timeout: float | None = None, *, _cancel: Any = None) -> None:
         """Block until a message can be received (without receiving it)."""
@@ -577,12 +605,18 @@ class Ring:
             b.release()
         self._loan = None
         self._closing = True
-        # Threads waiting in this Ring notice within one slice (the kick wakes a futex sleeper);
-        # the memory they read must stay mapped until they have left.
-        deadline = time.monotonic() + 2 * LIVENESS_MAX
-        while self._active and time.monotonic() < deadline:
+        # Other threads inside this Ring (waiting, or reading or writing a record) leave soon:
+        # a waiter is woken by the kick and sees _closing.  The memory they use must stay mapped
+        # until they are out.
+        deadline = time.monotonic() + 10.0
+        while self._active:
+            if time.monotonic() > deadline:
+                self._closing = False
+                raise RingUsageError(
+                    f"cannot close ring {self.name!r}: another thread is still inside it"
+                )
             self._kick()
-            time.sleep(0.002)
+            time.sleep(0.001)
         self._mark_closed()
         self._seg = None
         self._role = None  # every later call goes through _claim, which raises RingClosedError
