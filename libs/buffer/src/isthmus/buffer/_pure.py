@@ -217,19 +217,9 @@ class _CoreMethods:
         token: Any = None,
     ) -> Self:
         """Internal fast constructor: an instance of ``cls`` over ``[addr, addr + nbytes)``."""
-        if nbytes < 0:
-            raise ValueError("nbytes must be >= 0")
         b: Self = _new(cls)
-        b._core_addr = addr
-        b._core_nbytes = nbytes
-        b._core_readonly = readonly
-        b._core_released = False
-        b._core_exports = 0
-        b._keep = keep
-        b._parent = None
-        b._releaser = releaser
-        b._token = token
-        b._children = 0
+        # The core's own __init__, not the subclass's (Buffer.__init__ wraps an object).
+        _CoreMethods.__init__(b, addr, nbytes, readonly, keep, releaser, token)
         return b
 
     def _core_set(self, addr: int, nbytes: int, readonly: bool) -> None:

@@ -592,22 +592,9 @@ class Ring:
             self._role = None
             seg.close()
             return
-        held = [b for e in self._outstanding if not e[1] and (b := e[2]()) is not None]
-        if self._loan is not None:
-            held.append(self._loan[0])
-        busy = sum(1 for b in held if b._core_exports or b._children)
-        if busy:
-            raise BufferInUseError(
-                f"cannot close ring {self.name!r}: {busy} message(s) still have live views; "
-                "release or delete them first"
-            )
-        for b in held:
-            b.release()
-        self._loan = None
+        # First stop other threads: new operations see _closing and raise, one in progress
+        # finishes (a waiter is woken by the kick).  Their memory must stay mapped until then.
         self._closing = True
-        # Other threads inside this Ring (waiting, or reading or writing a record) leave soon:
-        # a waiter is woken by the kick and sees _closing.  The memory they use must stay mapped
-        # until they are out.
         deadline = time.monotonic() + 10.0
         while self._active:
             if time.monotonic() > deadline:
@@ -617,6 +604,21 @@ class Ring:
                 )
             self._kick()
             time.sleep(0.001)
+        with self._release_lock:
+            entries = list(self._outstanding)
+        held = [b for e in entries if not e[1] and e[2] is not None and (b := e[2]()) is not None]
+        if self._loan is not None:
+            held.append(self._loan[0])
+        busy = sum(1 for b in held if b._core_exports or b._children)
+        if busy:
+            self._closing = False  # nothing changed: the ring stays usable
+            raise BufferInUseError(
+                f"cannot close ring {self.name!r}: {busy} message(s) still have live views; "
+                "release or delete them first"
+            )
+        for b in held:
+            b.release()
+        self._loan = None
         self._mark_closed()
         self._seg = None
         self._role = None  # every later call goes through _claim, which raises RingClosedError
