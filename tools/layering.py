@@ -7,7 +7,8 @@ Every library under ``libs/<lib>`` is a separate distribution ``isthmus-<lib>`` 
 * every library depends on ``isthmus-buffer`` and on no sibling library;
 * ``isthmus.buffer`` depends on, and imports, no sibling (its native companion
   ``isthmus-buffer-accel`` is the only other ``isthmus-*`` distribution it may name);
-* ``isthmus.wire`` additionally imports no ``socket``, ``asyncio``, ``trio`` or ``selectors``;
+* ``isthmus.wire`` additionally imports no ``socket``, ``asyncio``, ``trio``, ``selectors``,
+  ``threading``, ``multiprocessing`` or ``concurrent`` (it is sans-IO);
 * libraries never import the examples or the benchmarks.
 
 Three checks, each reporting every violation it finds:
@@ -49,7 +50,9 @@ NAMESPACE = "isthmus"
 # isthmus-buffer's optional native core: a companion of the base library, not a sibling.
 BASE_COMPANIONS = frozenset({"isthmus-buffer-accel"})
 # Libraries that must stay sans-IO, and the modules that would make them do I/O.
-SANS_IO: dict[str, tuple[str, ...]] = {"wire": ("asyncio", "selectors", "socket", "trio")}
+SANS_IO: dict[str, tuple[str, ...]] = {
+    "wire": ("asyncio", "concurrent", "multiprocessing", "selectors", "socket", "threading", "trio")
+}
 # Top-level packages of the repository that no library may import.
 NOT_FOR_LIBRARIES = ("bench", "examples")
 
@@ -538,7 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {violation}")
         print(
             "Every isthmus library may depend on isthmus-buffer only; isthmus.buffer depends on "
-            "no sibling; isthmus.wire imports no socket/asyncio/trio/selectors. "
+            "no sibling; isthmus.wire imports no socket/asyncio/trio/selectors/threads. "
             "See docs/architecture.md."
         )
         return 1

@@ -1,0 +1,149 @@
+"""Control-message bodies (JSON / MessagePack via msgspec) and the outgoing-frame builder."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from ._header import HEADER_SIZE, Flags, pack_header, pack_header_into
+from ._messages import CONTROL_MESSAGES, ControlMessage
+
+__all__ = [
+    "CONTROL_BY_TYPE",
+    "Encoding",
+    "Outgoing",
+    "control_frame",
+    "decode_body",
+    "decode_message",
+    "encode_message",
+]
+
+Encoding = Literal["msgpack", "json"]
+
+CONTROL_BY_TYPE: dict[int, type[ControlMessage]] = {int(c.TYPE): c for c in CONTROL_MESSAGES}
+_MSGPACK = msgspec.msgpack.Encoder()
+_JSON = msgspec.json.Encoder()
+_MP_DECODERS: dict[int, msgspec.msgpack.Decoder[Any]] = {
+    t: msgspec.msgpack.Decoder(c) for t, c in CONTROL_BY_TYPE.items()
+}
+_JSON_DECODERS: dict[int, msgspec.json.Decoder[Any]] = {
+    t: msgspec.json.Decoder(c) for t, c in CONTROL_BY_TYPE.items()
+}
+
+
+def encode_message(message: ControlMessage, encoding: Encoding = "msgpack") -> bytes:
+    """The body of a control message (no frame header)."""
+    return (_MSGPACK if encoding == "msgpack" else _JSON).encode(message)
+
+
+def decode_message(
+    cls: type[ControlMessage], data: bytes | bytearray | memoryview, encoding: Encoding = "msgpack"
+) -> ControlMessage:
+    """Decode and validate a control-message body of class ``cls``.
+
+    Raises ``msgspec.DecodeError`` (a ``ValueError``) on invalid input.
+    """
+    table = _MP_DECODERS if encoding == "msgpack" else _JSON_DECODERS
+    result: ControlMessage = table[int(cls.TYPE)].decode(data)
+    return result
+
+
+def decode_body(type_: int, data: bytes | bytearray | memoryview, msgpack: bool) -> Any:
+    """Decode the body of a frame of control type ``type_``."""
+    return (_MP_DECODERS if msgpack else _JSON_DECODERS)[type_].decode(data)
+
+
+def control_frame(
+    message: ControlMessage, stream: int, seq: int, timestamp_ns: int, msgpack: bool
+) -> bytearray:
+    """One whole frame (header and body) of a control message, built in one allocation."""
+    buf = bytearray(HEADER_SIZE)
+    (_MSGPACK if msgpack else _JSON).encode_into(message, buf, HEADER_SIZE)
+    n = len(buf) - HEADER_SIZE
+    pack_header_into(
+        buf, 0, message.TYPE, Flags.MSGPACK if msgpack else 0, stream, n, n, seq, timestamp_ns
+    )
+    return buf
+
+
+class Outgoing:
+    """A message on its way out: its header fields and body parts, cut into frames of at most
+    ``chunk`` payload bytes (0: one frame). Payload parts are sliced, never copied."""
+
+    __slots__ = ("chunk", "flags", "frame", "parts", "pos", "seq", "stream", "total", "ts", "type")
+
+    def __init__(
+        self,
+        type_: int,
+        flags: int,
+        stream: int,
+        seq: int,
+        ts: int,
+        parts: list[Any],
+        total: int,
+        chunk: int,
+        frame: bytearray | None = None,
+    ) -> None:
+        self.type = type_
+        self.flags = flags
+        self.stream = stream
+        self.seq = seq
+        self.ts = ts
+        self.parts = parts
+        self.total = total
+        self.chunk = chunk if 0 < chunk < total else 0
+        self.pos = 0
+        self.frame = frame  # a prebuilt single frame (small control messages)
+
+    @property
+    def done(self) -> bool:
+        """Whether every byte has been handed out."""
+        return self.pos >= self.total and self.frame is None
+
+    def next_frame(self, out: list[Any]) -> int:
+        """Append the buffers of the next frame to ``out``; return its size in bytes."""
+        if self.frame is not None:
+            frame, self.frame = self.frame, None
+            self.pos = self.total
+            out.append(frame)
+            return len(frame)
+        if not self.chunk:
+            # Unchunked: one header, then the parts as they are (scatter-gather). A small
+            # first part (a packet's fixed fields) rides in the header's buffer.
+            self.pos = self.total
+            head = pack_header(
+                self.type, self.flags, self.stream, self.total, self.total, self.seq, self.ts
+            )
+            parts = self.parts
+            if parts and isinstance(parts[0], bytes) and len(parts[0]) <= 4096:
+                out.append(head + parts[0])
+                out.extend(p for p in parts[1:] if len(p))
+            else:
+                out.append(head)
+                out.extend(p for p in parts if len(p))
+            return HEADER_SIZE + self.total
+        start = self.pos
+        n = min(self.chunk, self.total - start)
+        flags = self.flags
+        if start:
+            flags |= Flags.CONTINUATION
+        if start + n < self.total:
+            flags |= Flags.MORE
+        out.append(pack_header(self.type, flags, self.stream, n, self.total, self.seq, self.ts))
+        # Walk the parts for [start, start + n).
+        want, skip = n, start
+        for part in self.parts:
+            size = len(part)
+            if skip >= size:
+                skip -= size
+                continue
+            take = min(size - skip, want)
+            view = part if isinstance(part, memoryview) else memoryview(part)
+            out.append(view[skip : skip + take])
+            want -= take
+            skip = 0
+            if not want:
+                break
+        self.pos = start + n
+        return HEADER_SIZE + n
