@@ -7,6 +7,7 @@
 On demand::
 
     nox -s bench -- buffer       # python bench/run.py buffer
+    nox -s fuzz                  # a million random and mutated inputs into isthmus-wire
     nox -s demo                  # python examples/showcase/showcase.py
 
 The native core (``native/buffer-accel``) is compiled once into ``.nox/_wheels`` and that
@@ -196,6 +197,13 @@ def tests(session: nox.Session) -> None:
         for lib in LIBS:
             session.run("pytest", _rel(LIBS_DIR / lib / "tests"), *session.posargs, env=env)
         session.run("pytest", "tests", *session.posargs, env=env)
+    # The browser-side decoder of isthmus-wire, against the same golden vectors.
+    # Files, not folders: node 18 and 22 read a folder argument differently.
+    js_tests = [_rel(t) for t in sorted(LIBS_DIR.glob("*/js/test/*.test.mjs"))]
+    if js_tests:
+        if shutil.which("node") is None:
+            session.error("node is needed for the JavaScript tests (libs/*/js)")
+        session.run("node", "--test", *js_tests, external=True)
 
 
 def _isolated_lib_tests(session: nox.Session, lib: str) -> None:
@@ -305,6 +313,14 @@ def bench(session: nox.Session) -> None:
         *_requirements(ROOT / "bench", ("iceoryx2", "pyzmq", "rich")),
     )
     session.run("python", "bench/run.py", *(session.posargs or ["buffer"]))
+
+
+@nox.session(default=False)
+def fuzz(session: nox.Session) -> None:
+    """Fuzz isthmus-wire's decoder: `nox -s fuzz -- --iterations 1000000 --seed 1`."""
+    session.install(*_editable_libs(), "rich>=13")
+    args = session.posargs or ["--iterations", "1000000", "--seed", "1"]
+    session.run("python", "libs/wire/tests/fuzz_wire.py", *args)
 
 
 @nox.session(default=False)
