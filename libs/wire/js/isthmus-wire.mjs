@@ -67,7 +67,7 @@ const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 
 function toU8(data) {
   if (data instanceof Uint8Array) return data;
-  if (data instanceof ArrayBuffer) return new Uint8Array(data);
+  if (data instanceof ArrayBuffer || Object.prototype.toString.call(data) === '[object ArrayBuffer]') return new Uint8Array(data);
   if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
   throw new TypeError('expected a Uint8Array, another ArrayBuffer view or an ArrayBuffer');
 }
@@ -184,9 +184,9 @@ export function decodeMsgpack(data) {
 
 const fail = (code, offset, detail) => { throw new ProtocolError(code, offset, detail); };
 
-/** Fixed part of a packet: `fields` are the field offsets; a short body is truncated at the first incomplete field. */
-function fixedPart(b, size, fields, at, what) {
-  if (b.length < size) fail('truncated', at(fields.filter((o) => o <= b.length).pop()), `${what} header needs ${size} bytes`);
+/** The fixed fields of a packet; a shorter body is truncated at its start. */
+function fixedPart(b, size, at, what) {
+  if (b.length < size) fail('truncated', at(0), `${what} header needs ${size} bytes`);
   return viewOf(b);
 }
 
@@ -195,7 +195,7 @@ function utf8Field(b, start, end, at, what) {
 }
 
 function decodeVideo(b, at) {
-  const dv = fixedPart(b, 24, [0, 1, 2, 4, 8, 12, 16], at, 'video');
+  const dv = fixedPart(b, 24, at, 'video');
   if (!(b[0] in VIDEO_CODECS)) fail('invalid_payload', at(0), `unknown video codec ${b[0]}`);
   if (b[1] & ~1) fail('invalid_payload', at(1), 'reserved video flag bits set');
   if (dv.getUint16(2, true)) fail('invalid_payload', at(2), 'reserved video bytes are not 0');
@@ -209,7 +209,7 @@ function decodeVideo(b, at) {
 }
 
 function decodeAudio(b, at) {
-  const dv = fixedPart(b, 16, [0, 4, 6, 7, 8], at, 'audio');
+  const dv = fixedPart(b, 16, at, 'audio');
   if (!((b[6] & 0x7f) in SAMPLE_FORMATS)) fail('invalid_payload', at(6), `unknown sample format ${b[6]}`);
   if (!(b[7] in AUDIO_CODECS)) fail('invalid_payload', at(7), `unknown audio codec ${b[7]}`);
   return {
@@ -219,32 +219,40 @@ function decodeAudio(b, at) {
   };
 }
 
+// numpy dtype strings a tensor may carry: plain numbers only (the Python side's rule).
+const DTYPE = /^[<>|=]?(?:[biuf][1248]|c(?:8|16)|f16|b1|\?)$/;
+
 function decodeTensor(b, at) {
-  const dv = fixedPart(b, 8, [0, 1, 2, 4], at, 'tensor');
+  const dv = fixedPart(b, 8, at, 'tensor');
   const ndim = b[0], dtypeLen = b[1], dataOffset = dv.getUint32(4, true);
   if (ndim > 32) fail('invalid_payload', at(0), `ndim ${ndim} > 32`);
   if (dv.getUint16(2, true)) fail('invalid_payload', at(2), 'reserved tensor bytes are not 0');
   if (8 + dtypeLen > b.length) fail('truncated', at(1), `dtype_len ${dtypeLen} exceeds the body`);
-  const dtypeBytes = b.subarray(8, 8 + dtypeLen);
-  if (dtypeBytes.some((c) => c > 0x7f)) fail('invalid_payload', at(8), 'dtype is not ASCII');
+  const dtype = String.fromCharCode(...b.subarray(8, 8 + dtypeLen));
+  if (!DTYPE.test(dtype)) fail('invalid_payload', at(8), 'dtype is not a plain numeric numpy dtype');
   const shapeAt = (8 + dtypeLen + 7) & ~7, stridesAt = shapeAt + 8 * ndim, headerEnd = stridesAt + 8 * ndim;
   if (headerEnd > b.length) fail('truncated', at(0), `ndim ${ndim} needs ${headerEnd} header bytes`);
-  if (dataOffset > b.length) fail('truncated', at(4), `data_offset ${dataOffset} exceeds the body`);
-  if (dataOffset < headerEnd) fail('invalid_payload', at(4), `data_offset ${dataOffset} overlaps the header`);
   const shape = [], strides = [];
   for (let i = 0; i < ndim; i++) {
-    const dim = dv.getBigUint64(shapeAt + 8 * i, true);
-    if (dim > MAX_SAFE) fail('invalid_payload', at(shapeAt + 8 * i), 'shape too large');
-    shape.push(Number(dim));
-    const stride = dv.getBigInt64(stridesAt + 8 * i, true);
-    if (stride < 0n || stride > MAX_SAFE) fail('invalid_payload', at(stridesAt + 8 * i), `stride ${stride} out of range`);
-    strides.push(Number(stride));
+    shape.push(dv.getBigUint64(shapeAt + 8 * i, true));
+    strides.push(dv.getBigInt64(stridesAt + 8 * i, true));
+    if (strides[i] < 0n) fail('invalid_payload', at(stridesAt + 8 * i), `negative stride ${strides[i]}`);
   }
-  return { dtype: String.fromCharCode(...dtypeBytes), shape, strides, data: b.subarray(dataOffset) };
+  if (dataOffset < headerEnd) fail('invalid_payload', at(4), `data_offset ${dataOffset} overlaps the header`);
+  if (dataOffset > b.length) fail('truncated', at(4), `data_offset ${dataOffset} exceeds the body`);
+  // Bytes the array reaches: sum((n - 1) * stride) + itemsize, or 0 for an empty array.
+  const itemsize = BigInt(dtype.replace(/\D/g, '') || 1);
+  const extent = shape.includes(0n) ? 0n : shape.reduce((e, n, i) => e + (n - 1n) * strides[i], itemsize);
+  if (extent > BigInt(b.length - dataOffset)) fail('truncated', at(shapeAt), 'shape and strides reach past the data');
+  for (let i = 0; i < ndim; i++) { // only with a 0 stride or an empty dimension elsewhere
+    if (shape[i] > MAX_SAFE) fail('invalid_payload', at(shapeAt + 8 * i), 'shape beyond 2**53');
+    if (strides[i] > MAX_SAFE) fail('invalid_payload', at(stridesAt + 8 * i), 'stride beyond 2**53');
+  }
+  return { dtype, shape: shape.map(Number), strides: strides.map(Number), data: b.subarray(dataOffset) };
 }
 
 function decodeBlob(b, at) {
-  const dv = fixedPart(b, 4, [0, 2], at, 'blob');
+  const dv = fixedPart(b, 4, at, 'blob');
   const mimeLen = dv.getUint16(0, true), nameLen = dv.getUint16(2, true);
   if (4 + mimeLen > b.length) fail('truncated', at(0), `mime_len ${mimeLen} exceeds the body`);
   if (4 + mimeLen + nameLen > b.length) fail('truncated', at(2), `name_len ${nameLen} exceeds the body`);
@@ -342,6 +350,10 @@ export class Decoder {
       const start = this.#frame ? this.#frame.start : this.#pos - this.#hdrLen;
       throw (this.#error = new ProtocolError('truncated', start, 'input ended inside a frame'));
     }
+    if (this.#chunks.size) {
+      const start = Math.min(...[...this.#chunks.values()].map((m) => m.start));
+      throw (this.#error = new ProtocolError('truncated', start, 'input ended inside a chunked message'));
+    }
   }
 
   #consume(u8, out) {
@@ -358,8 +370,7 @@ export class Decoder {
           this.#hdr.set(u8.subarray(i, i + k), this.#hdrLen);
           this.#hdrLen += k;
           i += k;
-          // Check the fields already complete, so that garbage is reported without waiting for 32 bytes.
-          if (this.#hdrLen < HEADER_SIZE) { this.#checkHeader(parseHeader(this.#hdr), start, this.#hdrLen); break; }
+          if (this.#hdrLen < HEADER_SIZE) break;
           this.#hdrLen = 0;
           this.#startFrame(parseHeader(this.#hdr), start);
         }
@@ -383,19 +394,19 @@ export class Decoder {
     this.#pos = base + n;
   }
 
-  // Header checks that need only the first `avail` bytes, in the order of the fields.
-  #checkHeader(h, start, avail) {
-    if (avail >= 1 && (h.magic[0] !== 'I' || (avail >= 2 && h.magic[1] !== 'W'))) fail('bad_magic', start, 'not an Isthmus wire frame');
-    if (avail >= 3 && h.version !== VERSION) fail('bad_version', start + 2, `version ${h.version}`);
-    if (avail >= 4 && !(h.type in NAMES)) fail('unknown_type', start + 3, `type ${h.type}`);
-    if (avail >= 6 && h.flags & ~0x0f) fail('reserved_flags', start + 4, `flags 0x${h.flags.toString(16)}`);
-    if (avail >= 8 && !this.#streams.has(h.stream)) fail('unknown_stream', start + 6, `stream ${h.stream}`);
-    if (avail >= 12 && h.length > this.#maxFrame) fail('frame_too_large', start + 8, `length ${h.length} > ${this.#maxFrame}`);
-    if (avail >= 16 && h.total > this.#maxMessage) fail('message_too_large', start + 12, `total ${h.total} > ${this.#maxMessage}`);
-  }
-
+  // Every check of a frame that its header alone allows, in this order (the Python decoder's).
   #startFrame(h, start) {
-    this.#checkHeader(h, start, HEADER_SIZE);
+    if (h.magic !== MAGIC) fail('bad_magic', start, 'not an Isthmus wire frame');
+    if (h.version !== VERSION) fail('bad_version', start + 2, `version ${h.version}`);
+    if (!(h.type in NAMES)) fail('unknown_type', start + 3, `type ${h.type}`);
+    if (h.flags & ~0x0f) fail('reserved_flags', start + 4, `flags 0x${h.flags.toString(16)}`);
+    const stream = this.#streams.get(h.stream);
+    if (!stream) fail('unknown_stream', start + 6, `stream ${h.stream}`);
+    if (h.length > this.#maxFrame) fail('frame_too_large', start + 8, `length ${h.length} > ${this.#maxFrame}`);
+    if (h.total > this.#maxMessage) fail('message_too_large', start + 12, `total ${h.total} > ${this.#maxMessage}`);
+    if (BINARY_TYPES.has(h.type) === CONTROL_KINDS.has(stream.kind)) {
+      fail('invalid_payload', start + HEADER_SIZE, `${NAMES[h.type]} is not allowed on a stream of kind ${stream.kind}`);
+    }
     const badChunk = (why) => fail('bad_chunk', start + 4, why);
     const more = (h.flags & FLAGS.MORE) !== 0;
     let msg = this.#chunks.get(h.stream);
@@ -409,11 +420,11 @@ export class Decoder {
       msg.received = sum;
     } else {
       if (msg) badChunk('new message inside a chunked one');
-      if (more ? h.length > h.total : h.length !== h.total) badChunk(`length ${h.length} does not fit total ${h.total}`);
       const expected = this.#nextSeq.get(h.stream) ?? 0n;
       if (h.seq !== expected) fail('sequence', start + 16, `seq ${h.seq}, expected ${expected}`);
       this.#nextSeq.set(h.stream, expected + 1n);
-      msg = { h, kind: this.#streams.get(h.stream).kind, payloadStart: start + HEADER_SIZE, received: h.length, pieces: [], map: [] };
+      if (more ? h.length >= h.total : h.length !== h.total) badChunk(`length ${h.length} does not fit total ${h.total}`);
+      msg = { h, start, payloadStart: start + HEADER_SIZE, received: h.length, pieces: [], map: [] };
       if (more) this.#chunks.set(h.stream, msg);
     }
     this.#frame = { h, start, msg, payload: null, filled: 0 };
@@ -435,15 +446,12 @@ export class Decoder {
   }
 
   #decodeMessage(msg, body) {
-    const { h, kind, payloadStart, map } = msg;
+    const { h, payloadStart, map } = msg;
     const at = (off) => { // body offset -> absolute offset, through the chunks' positions
       for (let j = map.length - 1; j >= 0; j--) if (map[j][0] <= off) return map[j][1] + off - map[j][0];
       return payloadStart + off;
     };
     const binary = BINARY_TYPES.has(h.type);
-    if (binary === CONTROL_KINDS.has(kind)) {
-      fail('invalid_payload', payloadStart, `${NAMES[h.type]} is not allowed on a stream of kind ${kind}`);
-    }
     const message = {
       type: NAMES[h.type], typeCode: h.type, stream: h.stream, seq: Number(h.seq), timestampNs: h.timestampNs,
       encoding: binary ? 'binary' : (h.flags & FLAGS.MSGPACK ? 'msgpack' : 'json'), body: null,
