@@ -15,7 +15,7 @@ buffers that :meth:`Connection.send` returns.
 * :func:`json_schema` — JSON Schema of the control messages.
 """
 
-from ._codec import decode_message, encode_message
+from ._codec import Codec, decode_message, encode_message
 from ._connection import HANDSHAKE_MAX_FRAME_SIZE, Connection, Role, State, StreamStats
 from ._decoder import FrameDecoder
 from ._errors import ErrorCode, LocalProtocolError, ProtocolError, WireError
@@ -69,6 +69,7 @@ __all__ = [
     "Ack",
     "AudioChunk",
     "Blob",
+    "Codec",
     "Connection",
     "ConnectionClosed",
     "ControlMessage",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal, Protocol, TypeVar
 
 import msgspec
 
@@ -11,6 +12,7 @@ from ._messages import CONTROL_MESSAGES, ControlMessage
 
 __all__ = [
     "CONTROL_BY_TYPE",
+    "Codec",
     "Encoding",
     "Outgoing",
     "control_frame",
@@ -20,6 +22,13 @@ __all__ = [
 ]
 
 Encoding = Literal["msgpack", "json"]
+M = TypeVar("M", bound=ControlMessage)
+M_co = TypeVar("M_co", bound=ControlMessage, covariant=True)
+
+
+class _TypedDecoder(Protocol[M_co]):
+    def decode(self, data: bytes | bytearray | memoryview, /) -> M_co: ...
+
 
 CONTROL_BY_TYPE: dict[int, type[ControlMessage]] = {int(c.TYPE): c for c in CONTROL_MESSAGES}
 _MSGPACK = msgspec.msgpack.Encoder()
@@ -30,11 +39,18 @@ _MP_DECODERS: dict[int, msgspec.msgpack.Decoder[Any]] = {
 _JSON_DECODERS: dict[int, msgspec.json.Decoder[Any]] = {
     t: msgspec.json.Decoder(c) for t, c in CONTROL_BY_TYPE.items()
 }
+# The same decoders keyed by class, for decode_message (no enum-to-int conversion per call).
+_BY_CLASS: dict[str, dict[type[ControlMessage], Any]] = {
+    "msgpack": {c: _MP_DECODERS[t] for t, c in CONTROL_BY_TYPE.items()},
+    "json": {c: _JSON_DECODERS[t] for t, c in CONTROL_BY_TYPE.items()},
+}
+_ENCODERS: dict[str, Any] = {"msgpack": _MSGPACK, "json": _JSON}
 
 
 def encode_message(message: ControlMessage, encoding: Encoding = "msgpack") -> bytes:
     """The body of a control message (no frame header)."""
-    return (_MSGPACK if encoding == "msgpack" else _JSON).encode(message)
+    result: bytes = _ENCODERS[encoding].encode(message)
+    return result
 
 
 def decode_message(
@@ -44,8 +60,7 @@ def decode_message(
 
     Raises ``msgspec.DecodeError`` (a ``ValueError``) on invalid input.
     """
-    table = _MP_DECODERS if encoding == "msgpack" else _JSON_DECODERS
-    result: ControlMessage = table[int(cls.TYPE)].decode(data)
+    result: ControlMessage = _BY_CLASS[encoding][cls].decode(data)
     return result
 
 
@@ -147,3 +162,35 @@ class Outgoing:
                 break
         self.pos = start + n
         return HEADER_SIZE + n
+
+
+class Codec:
+    """Control-message bodies in one encoding, for hot loops.
+
+    ``encode`` is msgspec's own bound encoder method and :meth:`decoder` returns msgspec's
+    typed decoder for a message class, so a loop that holds them pays nothing over calling
+    msgspec directly: the messages are defined once and the codec adds no layer.
+    """
+
+    __slots__ = ("_decoders", "encode", "encode_into", "encoding")
+
+    def __init__(self, encoding: Encoding = "msgpack") -> None:
+        if encoding not in _ENCODERS:
+            raise ValueError(f"unknown encoding {encoding!r}; use 'msgpack' or 'json'")
+        self.encoding = encoding
+        encoder = _ENCODERS[encoding]
+        #: ``encode(message) -> bytes``
+        self.encode: Callable[[ControlMessage], bytes] = encoder.encode
+        #: ``encode_into(message, buffer, offset)``: append to a bytearray in place
+        self.encode_into: Callable[..., None] = encoder.encode_into
+        self._decoders = _BY_CLASS[encoding]
+
+    def decoder(self, cls: type[M]) -> _TypedDecoder[M]:
+        """msgspec's decoder for ``cls``: ``codec.decoder(Pointer).decode(data)``."""
+        decoder: _TypedDecoder[M] = self._decoders[cls]
+        return decoder
+
+    def decode(self, cls: type[M], data: bytes | bytearray | memoryview) -> M:
+        """Decode and validate a body of class ``cls`` (raises ``msgspec.DecodeError``)."""
+        result: M = self._decoders[cls].decode(data)
+        return result
