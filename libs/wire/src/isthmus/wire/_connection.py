@@ -400,6 +400,10 @@ class Connection:
             self._said_goodbye()
             return
         if type(event) is Ack:
+            if event.seq > self._rx_last.get(event.stream, -1):
+                raise LocalProtocolError(
+                    f"ack of seq {event.seq} on stream {event.stream}, which was not received"
+                )
             self._rx_acked[event.stream] = max(self._rx_acked.get(event.stream, -1), event.seq)
         if tx.spec.credits and not isinstance(event, ControlMessage):
             self._credit_send(tx, event)

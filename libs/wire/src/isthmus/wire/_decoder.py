@@ -88,6 +88,7 @@ class FrameDecoder:
         self._ended = False
         self._rbuf: bytearray | None = None
         self._lent_target = False
+        self._last_large = False  # the last frame was large or a chunk
 
     # ------------------------------------------------------------------ configuration
 
@@ -157,6 +158,10 @@ class FrameDecoder:
         self._lent_target = False
         if self._rbuf is None:
             self._rbuf = bytearray(LARGE_FRAME)
+        if self._hdr is None and (self._asm or self._last_large):
+            # Large frames tend to come in runs (chunks of one message, video): read only the
+            # header, so that the payload after it is read straight into its own memory.
+            return memoryview(self._rbuf)[: HEADER_SIZE - len(self._stage)]
         return memoryview(self._rbuf)
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -368,6 +373,7 @@ class FrameDecoder:
         self._filled = 0
         at = self._frame_at
         flags = hdr.flags
+        self._last_large = hdr.length >= LARGE_FRAME or bool(flags & (_MORE | _CONT))
         if flags & (_MORE | _CONT):
             asm = self._asm[hdr.stream]
             asm.filled += hdr.length
