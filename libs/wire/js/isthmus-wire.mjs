@@ -23,6 +23,7 @@ export const TYPES = Object.freeze({
 });
 const BINARY_TYPES = new Set([64, 65, 66, 67]);
 const CONTROL_KINDS = new Set(['control', 'state']);
+const STREAM_KINDS = new Set(['control', 'state', 'video', 'audio', 'data']);
 
 /** Default stream table (the welcome may replace it). `credits` 0 means no flow control. */
 export const DEFAULT_STREAMS = Object.freeze([
@@ -180,6 +181,31 @@ export function decodeMsgpack(data) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// JSON with exact big integers (nanosecond timestamps are beyond 2**53), as BigInt like msgpack's.
+
+const JSON_TOKEN = /"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?/g;
+const BIG = '\u0000bigint'; // marker key / prefix, unlikely in real data (a NUL)
+
+function parseJson(text) {
+  const value = JSON.parse(text); // throws on invalid JSON
+  if (!/\d{16}/.test(text)) return value;
+  let found = false;
+  const marked = text.replace(JSON_TOKEN, (t) => {
+    if (!/^-?\d{16,}$/.test(t) || Number.isSafeInteger(Number(t))) return t;
+    found = true;
+    return `{"\\u0000bigint":"${t}"}`;
+  });
+  if (!found) return value;
+  return JSON.parse(marked, (k, v) => (v !== null && typeof v === 'object' && typeof v[BIG] === 'string'
+    && Object.keys(v).length === 1 ? BigInt(v[BIG]) : v));
+}
+
+function stringifyJson(obj) {
+  return JSON.stringify(obj, (k, v) => (typeof v === 'bigint' ? `${BIG}${v}` : v))
+    .replace(/"\\u0000bigint(-?\d+)"/g, '$1');
+}
+
+// ---------------------------------------------------------------------------------------------
 // Binary packet bodies. `at(off)` maps a body offset to an absolute stream offset.
 
 const fail = (code, offset, detail) => { throw new ProtocolError(code, offset, detail); };
@@ -273,7 +299,10 @@ function streamTable(list, onError) {
   const table = new Map();
   for (const s of list) {
     if (s === null || typeof s !== 'object' || !Number.isInteger(s.id) || s.id < 0 || s.id > 0xffff
-      || typeof s.kind !== 'string') return onError('a stream entry needs an integer id (u16) and a string kind');
+      || typeof s.name !== 'string' || !STREAM_KINDS.has(s.kind)
+      || (s.credits !== undefined && !(Number.isInteger(s.credits) && s.credits >= 0))) {
+      return onError('a stream needs an id (u16), a name, a known kind and credits >= 0');
+    }
     table.set(s.id, Object.freeze({ ...s }));
   }
   return table;
@@ -288,9 +317,13 @@ function streamTable(list, onError) {
  * by the next feed() or end() (it is also visible at once as `decoder.error`). From then on
  * every feed() and end() throws that same error.
  *
+ * Messages: {type, typeCode, stream, seq (Number), timestampNs (BigInt), encoding ('json' |
+ * 'msgpack' | 'binary'), body}. Control bodies are plain objects as sent, not checked against
+ * the message schemas; integers beyond 2**53 in them are BigInt (JSON and MessagePack alike).
  * Zero copy: when a (non-chunked) frame arrives inside one fed buffer, the message's binary
  * fields are views into that buffer, so do not reuse a buffer after feeding it.
- * Credits are not checked here (that is the connection's job).
+ * A welcome whose body has `streams` replaces the stream table. Credits are not checked here
+ * (that is the connection's job).
  */
 export class Decoder {
   #maxFrame; #maxMessage; #streams;
@@ -303,9 +336,9 @@ export class Decoder {
 
   /**
    * @param {{maxFrameSize?: number, maxMessageSize?: number,
-   *   streams?: Array<{id: number, name?: string, kind: string, credits?: number}>}} [options]
+   *   streams?: Array<{id: number, name: string, kind: string, credits?: number}>}} [options]
    */
-  constructor({ maxFrameSize = 16 * 1024 * 1024, maxMessageSize = 64 * 1024 * 1024, streams = DEFAULT_STREAMS } = {}) {
+  constructor({ maxFrameSize = 16 * 1024 * 1024, maxMessageSize = 256 * 1024 * 1024, streams = DEFAULT_STREAMS } = {}) {
     this.#maxFrame = maxFrameSize;
     this.#maxMessage = maxMessageSize;
     this.#streams = streamTable(streams, (why) => { throw new TypeError(why); });
@@ -341,7 +374,8 @@ export class Decoder {
 
   /**
    * Signal the end of the input.
-   * @throws {ProtocolError} the remembered error, or `truncated` at the start of a frame left incomplete.
+   * @throws {ProtocolError} the remembered error, or `truncated` at the start of a frame left
+   *   incomplete, or else at the start of the first frame of a chunked message left incomplete.
    */
   end() {
     if (this.#error) throw this.#error;
@@ -462,7 +496,7 @@ export class Decoder {
     }
     let obj;
     try {
-      obj = message.encoding === 'msgpack' ? decodeMsgpack(body) : JSON.parse(UTF8.decode(body));
+      obj = message.encoding === 'msgpack' ? decodeMsgpack(body) : parseJson(UTF8.decode(body));
     } catch (e) {
       fail('invalid_payload', payloadStart, e.message);
     }
@@ -508,7 +542,7 @@ export function encodeFrame({ type, stream = 0, seq, timestampNs = 0n, flags = 0
 }
 
 /**
- * Build a control frame with a JSON body.
+ * Build a control frame with a JSON body (BigInt values are written as exact integers).
  * `stream` defaults to the type's default stream (1 for state_patch, else 0).
  * @param {string} typeName e.g. 'pointer' @param {object} obj the body
  * @param {{stream?: number, seq: number|bigint, timestampNs?: bigint|number}} options
@@ -518,6 +552,6 @@ export function encodeControl(typeName, obj, { stream, seq, timestampNs = 0n } =
   const code = TYPES.byName[typeName];
   if (code === undefined || BINARY_TYPES.has(code)) throw new TypeError(`${typeName} is not a control message type`);
   if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) throw new TypeError('a control body is an object');
-  const body = UTF8_ENCODER.encode(JSON.stringify(obj));
+  const body = UTF8_ENCODER.encode(stringifyJson(obj));
   return encodeFrame({ type: code, stream: stream ?? (code === 13 ? 1 : 0), seq, timestampNs, body });
 }

@@ -238,12 +238,22 @@ describe('decoding', () => {
       assert.equal(messages[0].body.codec, name);
     }
   });
-  test('tensor: 0-d, empty dtype padding, explicit data_offset', () => {
+  test('tensor: 0-d, dtype padding, explicit data_offset, every dtype form', () => {
     let { messages } = run(frame({ type: 66, stream: 4, payload: tensorBody({ shape: [], strides: [], dtype: '|u1', data: Uint8Array.of(7) }) }));
     assert.deepEqual({ ...messages[0].body, data: [...messages[0].body.data] }, { dtype: '|u1', shape: [], strides: [], data: [7] });
-    ({ messages } = run(frame({ type: 66, stream: 4, payload: tensorBody({ dtype: '<f8xxxxx', shape: [1], strides: [8], dataOffset: 32, data: new Uint8Array(8) }) })));
-    assert.equal(messages[0].body.dtype, '<f8xxxxx');
-    assert.equal(messages[0].body.data.length, 8);
+    ({ messages } = run(frame({ type: 66, stream: 4, payload: tensorBody({ dtype: '<c16', shape: [1], strides: [16], dataOffset: 32, data: new Uint8Array(16) }) })));
+    assert.equal(messages[0].body.dtype, '<c16');
+    assert.equal(messages[0].body.data.byteOffset, 32 + 32); // frame header + data_offset
+    for (const dtype of ['<f4', '>i8', '|u1', '=f16', 'b1', '?', 'c8', 'f2']) {
+      const r = run(frame({ type: 66, stream: 4, payload: tensorBody({ dtype, shape: [1], strides: [0] }) }));
+      assert.equal(r.error, null, dtype);
+      assert.equal(r.messages[0].body.dtype, dtype);
+    }
+    // an empty array reaches no bytes; a 0 stride reaches one item
+    ({ messages } = run(frame({ type: 66, stream: 4, payload: tensorBody({ shape: [0, 5], strides: [20, 4], data: new Uint8Array(0) }) })));
+    assert.deepEqual(messages[0].body.shape, [0, 5]);
+    ({ messages } = run(frame({ type: 66, stream: 4, payload: tensorBody({ shape: [1000], strides: [0], data: new Uint8Array(4) }) })));
+    assert.deepEqual(messages[0].body.shape, [1000]);
   });
   test('seq counters are per stream; seq and timestamp types', () => {
     const bytes = concat(
@@ -429,7 +439,9 @@ describe('errors and their offsets', () => {
   test('bad_magic at frame + 0', () => {
     expectError(concat(ok, frame({ magic: [0x49, 0x58] })), 'bad_magic', L, { before: 1 });
     expectError(concat(ok, frame({ magic: [0x47, 0x45] })), 'bad_magic', L, { before: 1 });
-    expectError(enc.encode('GET / HTTP/1.1\r\n'), 'bad_magic', 0); // noticed before 32 bytes
+    expectError(enc.encode('GET / HTTP/1.1\r\nHost: example.org\r\n\r\n'), 'bad_magic', 0);
+    // the header is checked once its 32 bytes are in: shorter garbage is a truncated frame
+    expectError(enc.encode('GET / HTTP/1.1\r\n'), 'truncated', 0);
   });
   test('bad_version at frame + 2', () => {
     expectError(concat(ok, frame({ version: 2 })), 'bad_version', L + 2, { before: 1 });
@@ -471,6 +483,7 @@ describe('errors and their offsets', () => {
       'lengths short of total': [concat(ok, more(), cont({ payload: '1}' })), L + M],
       'lengths over total': [concat(ok, more(), cont({ flags: FLAGS.MORE | FLAGS.CONTINUATION, payload: '1}     ' })), L + M],
       'first chunk longer than total': [concat(ok, more({ total: 3 })), L],
+      'first chunk as long as total': [concat(ok, more({ total: 5 })), L],
       'unchunked length differs from total': [concat(ok, frame({ type: 13, stream: 1, total: 3, payload: '{}' })), L],
     };
     for (const [what, [bytes, offset]] of Object.entries(cases)) {
@@ -487,6 +500,8 @@ describe('errors and their offsets', () => {
     expectError(concat(ok, frame({ seq: 0, payload: '{}' })), 'sequence', L + 16, { before: 1 });
     expectError(concat(ok, frame({ seq: 2, payload: '{}' })), 'sequence', L + 16, { before: 1 });
     expectError(concat(ok, frame({ stream: 1, type: 13, seq: 1, payload: '{}' })), 'sequence', L + 16, { before: 1 });
+    // checked before the length/total rule of a first frame
+    expectError(concat(ok, frame({ seq: 5, total: 1, payload: '{}' })), 'sequence', L + 16, { before: 1 });
   });
   test('invalid_payload at payload + 0 for control bodies', () => {
     const P = L + 32;
@@ -503,6 +518,9 @@ describe('errors and their offsets', () => {
     expectError(concat(ok, frame({ type: 13, stream: 4, payload: '{}' })), 'invalid_payload', P, { before: 1 });
     expectError(concat(ok, frame({ type: 64, stream: 0, seq: 1, payload: videoBody() })), 'invalid_payload', P, { before: 1 });
     expectError(concat(ok, frame({ type: 66, stream: 1, payload: tensorBody() })), 'invalid_payload', P, { before: 1 });
+    // known from the header: reported before the payload arrives, and before chunk rules
+    expectError(concat(ok, frame({ type: 64, stream: 0, seq: 1, payload: videoBody() }).subarray(0, 32)), 'invalid_payload', P, { before: 1 });
+    expectError(concat(ok, frame({ type: 10, stream: 2, flags: FLAGS.CONTINUATION, payload: '{}' })), 'invalid_payload', P, { before: 1 });
   });
   test('invalid_payload at the offending field of a binary body', () => {
     const P = L + 32;
@@ -511,9 +529,11 @@ describe('errors and their offsets', () => {
       [65, 3, audioBody({ format: 0 }), 6], [65, 3, audioBody({ format: 6 }), 6], [65, 3, audioBody({ format: 128 }), 6],
       [65, 3, audioBody({ codec: 3 }), 7],
       [66, 4, tensorBody({ ndim: 33 }), 0], [66, 4, tensorBody({ reserved: 0x100 }), 2],
-      [66, 4, tensorBody({ dtype: '<f\u00e9' }), 8],
+      [66, 4, tensorBody({ dtype: '<f\u00e9' }), 8], [66, 4, tensorBody({ dtype: 'O' }), 8],
+      [66, 4, tensorBody({ dtype: '<f3' }), 8], [66, 4, tensorBody({ dtype: '', shape: [], strides: [] }), 8],
       [66, 4, tensorBody({ strides: [12, -4] }), 8 + 8 + 16 + 8], [66, 4, tensorBody({ strides: [-1, 4] }), 8 + 8 + 16],
-      [66, 4, tensorBody({ shape: [2 ** 53, 3] }), 16],
+      [66, 4, tensorBody({ shape: [2 ** 53, 0], strides: [0, 4] }), 16],
+      [66, 4, tensorBody({ shape: [1, 0], strides: [2 ** 53, 4] }), 32],
       [66, 4, tensorBody({ dataOffset: 40 }), 4],
       [67, 4, blobBody({ mime: Uint8Array.of(0x61, 0xc0) }), 4], [67, 4, blobBody({ mime: 'a/b', name: Uint8Array.of(0xff) }), 7],
     ];
@@ -522,7 +542,10 @@ describe('errors and their offsets', () => {
     }
   });
   test('invalid_payload for a welcome with a bad stream table', () => {
-    for (const streams of ['x', [{ id: -1, kind: 'video' }], [{ id: 1 }], [null], [{ id: 65536, kind: 'video' }]]) {
+    const bad = [{ id: -1, name: 'v', kind: 'video' }, { id: 1, name: 'v' }, null, { id: 65536, name: 'v', kind: 'video' },
+      { id: 1, kind: 'video' }, { id: 1, name: 'v', kind: 'teapot' }, { id: 1, name: 'v', kind: 'video', credits: -1 },
+      { id: 1.5, name: 'v', kind: 'video' }];
+    for (const streams of ['x', ...bad.map((s) => [s])]) {
       expectError(concat(ok, frame({ type: 2, seq: 1, payload: JSON.stringify({ streams }) })), 'invalid_payload', L + 32, { before: 1 });
     }
   });
@@ -535,26 +558,30 @@ describe('errors and their offsets', () => {
       [66, 4, withU32(tensorBody(), 4, 64 + 24 + 1), 4],
       [67, 4, blobBody({ mime: 'a', name: '', data: new Uint8Array(0), mimeLen: 2 }), 0],
       [67, 4, blobBody({ mime: 'a', name: 'b', data: new Uint8Array(0), nameLen: 2 }), 2],
+      // shape and strides reaching past the data: truncated at the shape
+      [66, 4, tensorBody({ data: new Uint8Array(23) }), 16], [66, 4, tensorBody({ shape: [2 ** 53, 3] }), 16],
     ];
     for (const [type, stream, payload, field] of cases) {
       expectError(concat(ok, frame({ type, stream, payload })), 'truncated', P + field, { before: 1 });
     }
   });
-  test('truncated: a body shorter than the fixed header, at the first incomplete field', () => {
+  test('truncated: a body shorter than the fixed header, at the payload start', () => {
     const P = L + 32;
-    expectError(concat(ok, frame({ type: 64, stream: 2, payload: videoBody().subarray(0, 10) })), 'truncated', P + 8, { before: 1 });
-    expectError(concat(ok, frame({ type: 64, stream: 2, payload: videoBody().subarray(0, 16) })), 'truncated', P + 16, { before: 1 });
+    expectError(concat(ok, frame({ type: 64, stream: 2, payload: videoBody().subarray(0, 23) })), 'truncated', P, { before: 1 });
     expectError(concat(ok, frame({ type: 65, stream: 3 })), 'truncated', P, { before: 1 });
-    expectError(concat(ok, frame({ type: 66, stream: 4, payload: new Uint8Array(7) })), 'truncated', P + 4, { before: 1 });
-    expectError(concat(ok, frame({ type: 67, stream: 4, payload: new Uint8Array(3) })), 'truncated', P + 2, { before: 1 });
+    expectError(concat(ok, frame({ type: 66, stream: 4, payload: new Uint8Array(7) })), 'truncated', P, { before: 1 });
+    expectError(concat(ok, frame({ type: 67, stream: 4, payload: new Uint8Array(3) })), 'truncated', P, { before: 1 });
   });
   test('truncated at the frame start when the input ends inside a frame', () => {
     const next = frame({ seq: 1, payload: '{"b":2}' });
     for (const cut of [1, 2, 31, 32, 33, next.length - 1]) {
       expectError(concat(ok, next.subarray(0, cut)), 'truncated', L, { before: 1 });
     }
-    // a chunked message left unfinished on a frame boundary is not "inside a frame"
-    assert.equal(run(concat(ok, frame({ type: 13, stream: 1, flags: FLAGS.MORE, total: 10, payload: '{' }))).error, null);
+    // a chunked message left unfinished: at the start of its first frame (the earliest one)
+    const first = frame({ type: 13, stream: 1, flags: FLAGS.MORE, total: 10, payload: '{' });
+    expectError(concat(ok, first), 'truncated', L, { before: 1 });
+    expectError(concat(ok, first, frame({ type: 67, stream: 4, flags: FLAGS.MORE, total: 10, payload: '{' }), frame({ seq: 1, payload: '{}' })),
+      'truncated', L, { before: 2 });
   });
 });
 
@@ -696,6 +723,15 @@ describe('encoding', () => {
     ];
     const [v] = new Decoder().feed(concat(...frames));
     assert.deepEqual([...v.body.data], new Array(300).fill(9));
+  });
+  test('integers beyond 2**53 are exact BigInts in JSON bodies, both ways', () => {
+    const text = '{"nonce":7,"time_ns":1700000000123456789,"neg":-9007199254740993,"edge":9007199254740991,'
+      + '"s":"12345678901234567890","f":12345678901234567890.5,"e":1e300,"a":[18446744073709551615]}';
+    const [m] = new Decoder().feed(frame({ type: 5, payload: text }));
+    assert.deepEqual(m.body, { nonce: 7, time_ns: 1700000000123456789n, neg: -9007199254740993n, edge: 9007199254740991,
+      s: '12345678901234567890', f: 12345678901234567890.5, e: 1e300, a: [18446744073709551615n] });
+    const echoed = encodeControl('pong', { nonce: 7, time_ns: m.body.time_ns }, { seq: 0 });
+    assert.equal(new TextDecoder().decode(echoed.subarray(32)), '{"nonce":7,"time_ns":1700000000123456789}');
   });
   test('encodeControl refuses binary types and non-object bodies', () => {
     assert.throws(() => encodeControl('video', {}, { seq: 0 }), TypeError);

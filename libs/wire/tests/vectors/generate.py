@@ -443,6 +443,14 @@ def vectors() -> list[Vector]:
     v.raw(header(67, 0, 4, len(body), len(body), 0) + body)
     v.fail("truncated", at + HEADER_SIZE + 2)
 
+    v = after_ping(
+        "error-chunked-field", "a chunked blob whose name, in the second chunk, is not UTF-8"
+    )
+    v.raw(header(67, int(Flags.MORE), 4, 7, 11, 0) + struct.pack("<HH", 3, 4) + b"a/b")
+    at = len(v.data)
+    v.raw(header(67, int(Flags.CONTINUATION), 4, 4, 11, 0) + b"\xff\xfeab")
+    v.fail("invalid_payload", at + HEADER_SIZE)
+
     v = after_ping("error-tensor-extent", "a tensor whose shape needs more bytes than it has")
     at = len(v.data)
     t = bytearray(64)

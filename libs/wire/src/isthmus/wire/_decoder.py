@@ -38,13 +38,24 @@ Hook = Callable[[FrameHeader, Any, int], Any]
 
 
 class _Assembly:
-    __slots__ = ("at", "filled", "header", "mem")
+    __slots__ = ("at", "chunks", "filled", "header", "mem")
 
     def __init__(self, header: FrameHeader, at: int) -> None:
         self.header = header
         self.at = at
         self.mem = np.empty(header.total, dtype=np.uint8).data.cast("B")
         self.filled = 0
+        # (offset in the message, stream offset of that chunk's payload), for error offsets
+        self.chunks: list[tuple[int, int]] = []
+
+    def stream_offset(self, body_offset: int) -> int:
+        """Where byte ``body_offset`` of the reassembled message was in the stream."""
+        found = self.at + HEADER_SIZE + body_offset
+        for start, at in self.chunks:
+            if start > body_offset:
+                break
+            found = at + body_offset - start
+        return found
 
 
 def _uninitialised(n: int) -> memoryview:
@@ -374,8 +385,10 @@ class FrameDecoder:
         at = self._frame_at
         flags = hdr.flags
         self._last_large = hdr.length >= LARGE_FRAME or bool(flags & (_MORE | _CONT))
+        asm = None
         if flags & (_MORE | _CONT):
             asm = self._asm[hdr.stream]
+            asm.chunks.append((asm.filled, at + HEADER_SIZE))
             asm.filled += hdr.length
             if flags & _MORE:
                 return
@@ -397,7 +410,14 @@ class FrameDecoder:
         if type_ in BINARY_TYPES:
             if volatile:
                 payload = memoryview(payload.tobytes())
-            message = decode_packet(type_, payload, base)
+            try:
+                message = decode_packet(type_, payload, base)
+            except ProtocolError as exc:
+                if asm is None:
+                    raise
+                # Point at the offending byte in the chunk that carried it.
+                offset = asm.stream_offset(exc.offset - base)
+                raise ProtocolError(exc.code, exc.message, offset) from None
         else:
             try:
                 message = decode_body(type_, payload, bool(flags & _MSGPACK))

@@ -320,8 +320,11 @@ def decode_packet(type_: int, body: memoryview, base: int) -> Packet:
             raise _truncated("blob name", base + 2)
         try:
             mime = bytes(body[4 : 4 + mime_len]).decode()
+        except UnicodeDecodeError as exc:
+            raise _invalid(f"blob media type is not UTF-8: {exc}", base + 4) from None
+        try:
             name = bytes(body[4 + mime_len : 4 + mime_len + name_len]).decode()
         except UnicodeDecodeError as exc:
-            raise _invalid(f"blob media type or name is not UTF-8: {exc}", base + 4) from None
+            raise _invalid(f"blob name is not UTF-8: {exc}", base + 4 + mime_len) from None
         return Blob(data=Buffer(body[4 + mime_len + name_len :]), mime=mime, name=name)
     raise _invalid(f"type {type_} is not a binary packet", base)
