@@ -86,7 +86,7 @@ class Outgoing:
     """A message on its way out: its header fields and body parts, cut into frames of at most
     ``chunk`` payload bytes (0: one frame). Payload parts are sliced, never copied."""
 
-    __slots__ = ("chunk", "flags", "frame", "parts", "pos", "seq", "stream", "total", "ts", "type")
+    __slots__ = ("chunk", "flags", "parts", "pos", "seq", "stream", "total", "ts", "type")
 
     def __init__(
         self,
@@ -98,7 +98,6 @@ class Outgoing:
         parts: list[Any],
         total: int,
         chunk: int,
-        frame: bytearray | None = None,
     ) -> None:
         self.type = type_
         self.flags = flags
@@ -109,20 +108,14 @@ class Outgoing:
         self.total = total
         self.chunk = chunk if 0 < chunk < total else 0
         self.pos = 0
-        self.frame = frame  # a prebuilt single frame (small control messages)
 
     @property
     def done(self) -> bool:
         """Whether every byte has been handed out."""
-        return self.pos >= self.total and self.frame is None
+        return self.pos >= self.total
 
     def next_frame(self, out: list[Any]) -> int:
         """Append the buffers of the next frame to ``out``; return its size in bytes."""
-        if self.frame is not None:
-            frame, self.frame = self.frame, None
-            self.pos = self.total
-            out.append(frame)
-            return len(frame)
         if not self.chunk:
             # Unchunked: one header, then the parts as they are (scatter-gather). A small
             # first part (a packet's fixed fields) rides in the header's buffer.

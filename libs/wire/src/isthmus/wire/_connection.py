@@ -15,6 +15,7 @@ from ._errors import ErrorCode, LocalProtocolError, ProtocolError
 from ._events import ConnectionClosed, FramesDropped, VersionMismatch
 from ._header import HEADER_SIZE, Flags, FrameHeader, MessageType
 from ._messages import (
+    CONTROL_MESSAGES,
     DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_MAX_MESSAGE_SIZE,
     PROTOCOL_VERSION,
@@ -34,6 +35,8 @@ __all__ = ["HANDSHAKE_MAX_FRAME_SIZE", "Connection", "Role", "State", "StreamSta
 #: Largest frame accepted before the handshake has agreed on a limit.
 HANDSHAKE_MAX_FRAME_SIZE = 64 * 1024
 _CONTROL_KINDS = frozenset({"control", "state"})
+# Control messages that need no handshake, goodbye or credit bookkeeping when sent.
+_PLAIN_CONTROL = frozenset(c for c in CONTROL_MESSAGES if c not in (Hello, Welcome, Goodbye, Ack))
 # Messages allowed before the handshake completes, by direction.
 _EARLY = frozenset({MessageType.GOODBYE, MessageType.ERROR, MessageType.PING, MessageType.PONG})
 
@@ -76,7 +79,8 @@ class _TxStream:
         self.pending: Any = None
         self.resync = False
         self.dropped = 0
-        self.queue: deque[Outgoing] = deque()
+        # Outgoing messages, or whole prebuilt frames (small control messages)
+        self.queue: deque[Outgoing | bytearray] = deque()
 
     @property
     def in_flight(self) -> int:
@@ -122,6 +126,7 @@ class Connection:
         self.credits = credits
         self.versions = tuple(versions)
         self.encoding = "json"  # until the welcome chooses
+        self._msgpack = False
         self.peer_hello: Hello | None = None
         self.welcome: Welcome | None = None
         self.last_header: FrameHeader | None = None
@@ -337,6 +342,7 @@ class Connection:
         self.welcome = welcome
         self.state = State.OPEN
         self.encoding = welcome.encoding
+        self._msgpack = welcome.encoding == "msgpack"
         self._peer_max_frame = welcome.max_frame_size
         self._peer_max_message = welcome.max_message_size
         self._decoder.max_frame_size = welcome.max_frame_size
@@ -366,6 +372,12 @@ class Connection:
 
     def queue(self, event: Any, *, stream: int | None = None) -> None:
         """Schedule ``event`` without producing bytes yet; see :meth:`data_to_send`."""
+        if type(event) in _PLAIN_CONTROL and self.state is State.OPEN:
+            # The common case, kept short: a control message on an open connection.
+            tx = self._tx.get(event.STREAM if stream is None else stream)
+            if tx is not None and tx.spec.kind in _CONTROL_KINDS:
+                self._enqueue(event, tx.spec.id)
+                return
         if self._goodbye_sent or self.state in (State.CLOSED, State.ERROR):
             raise LocalProtocolError(
                 f"cannot send {type(event).__name__}: connection is {self.state.value}"
@@ -446,9 +458,15 @@ class Connection:
             else:
                 return out
             item = tx.queue[0]
-            sent += item.next_frame(out)
-            if item.done:
+            if type(item) is bytearray:
+                out.append(item)
+                sent += len(item)
                 tx.queue.popleft()
+            else:
+                assert isinstance(item, Outgoing)
+                sent += item.next_frame(out)
+                if item.done:
+                    tx.queue.popleft()
             if max_bytes is not None and sent >= max_bytes:
                 return out
 
@@ -518,20 +536,18 @@ class Connection:
         chunk = tx.spec.chunk_size or self._peer_max_frame
         chunk = min(chunk, self._peer_max_frame)
         if isinstance(event, ControlMessage):
-            msgpack = self.encoding == "msgpack" and event.TYPE not in (
-                MessageType.HELLO,
-                MessageType.WELCOME,
-            )
+            msgpack = self._msgpack and event.TYPE > MessageType.WELCOME
             frame = control_frame(event, sid, seq, ts, msgpack)
             total = len(frame) - HEADER_SIZE
+            if total <= chunk and total <= self._peer_max_message:
+                tx.next_seq = seq + 1
+                tx.queue.append(frame)
+                return
             self._check_size(total, event)
-            if total <= chunk:
-                item = Outgoing(event.TYPE, 0, sid, seq, ts, [], total, 0, frame)
-            else:
-                flags = Flags.MSGPACK if msgpack else 0
-                item = Outgoing(
-                    event.TYPE, flags, sid, seq, ts, [memoryview(frame)[HEADER_SIZE:]], total, chunk
-                )
+            # Larger than a chunk: cut the encoded body into frames.
+            flags = Flags.MSGPACK if msgpack else 0
+            body = [memoryview(frame)[HEADER_SIZE:]]
+            item = Outgoing(event.TYPE, flags, sid, seq, ts, body, total, chunk)
         else:
             prefix, data = encode_packet(event)
             total = len(prefix) + data.nbytes
