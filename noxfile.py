@@ -34,7 +34,14 @@ WHEELHOUSE = ROOT / ".nox" / "_wheels"
 # Tool versions are pinned so that a new release cannot turn CI red on its own.
 RUFF = "ruff==0.17.6"
 MYPY = "mypy==2.4.1"
-WORKSPACE_TEST_DEPS = ("pytest>=8", "pytest-timeout", "import-linter>=2.1", "nox", "rich>=13")
+WORKSPACE_TEST_DEPS = (
+    "pytest>=8",
+    "pytest-timeout",
+    "import-linter>=2.1",
+    "nox",
+    "rich>=13",
+    "websockets>=13",
+)
 DOCS_DEPS = ("sphinx>=7", "myst-parser>=3", "furo")
 
 
