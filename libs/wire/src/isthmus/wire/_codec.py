@@ -76,9 +76,7 @@ def control_frame(
     buf = bytearray(HEADER_SIZE)
     (_MSGPACK if msgpack else _JSON).encode_into(message, buf, HEADER_SIZE)
     n = len(buf) - HEADER_SIZE
-    pack_header_into(
-        buf, 0, message.TYPE, Flags.MSGPACK if msgpack else 0, stream, n, n, seq, timestamp_ns
-    )
+    pack_header_into(buf, 0, message.TYPE, 1 if msgpack else 0, stream, n, n, seq, timestamp_ns)
     return buf
 
 

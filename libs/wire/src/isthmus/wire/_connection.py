@@ -7,7 +7,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+import msgspec
 
 from ._codec import Outgoing, control_frame
 from ._decoder import FrameDecoder
@@ -32,6 +34,8 @@ from ._packets import INTER_CODECS, PACKET_TYPES, VideoPacket, encode_packet
 
 __all__ = ["HANDSHAKE_MAX_FRAME_SIZE", "Connection", "Role", "State", "StreamStats"]
 
+_S = TypeVar("_S", bound=msgspec.Struct)
+
 #: Largest frame accepted before the handshake has agreed on a limit.
 HANDSHAKE_MAX_FRAME_SIZE = 64 * 1024
 _CONTROL_KINDS = frozenset({"control", "state"})
@@ -39,6 +43,12 @@ _CONTROL_KINDS = frozenset({"control", "state"})
 _PLAIN_CONTROL = frozenset(c for c in CONTROL_MESSAGES if c not in (Hello, Welcome, Goodbye, Ack))
 # Messages allowed before the handshake completes, by direction.
 _EARLY = frozenset({MessageType.GOODBYE, MessageType.ERROR, MessageType.PING, MessageType.PONG})
+
+
+# Plain ints and module globals for the hot paths: enum attribute lookups cost ~80 ns each.
+_WELCOME = int(MessageType.WELCOME)
+_GOODBYE = int(MessageType.GOODBYE)
+_ACK = int(MessageType.ACK)
 
 
 class Role(enum.Enum):
@@ -56,6 +66,10 @@ class State(enum.Enum):
     CLOSING = "closing"  #: one side said goodbye
     CLOSED = "closed"  #: both said goodbye, or the stream ended
     ERROR = "error"  #: the peer broke the protocol; see ``Connection.error``
+
+
+_OPEN = State.OPEN
+_HANDSHAKE = State.HANDSHAKE
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,11 +121,11 @@ class Connection:
         self,
         role: Role,
         *,
-        encodings: Iterable[str] = ("msgpack", "json"),
+        encodings: Iterable[str] | None = None,
         codecs: Iterable[str] = (),
-        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        credits: int = 4,
+        max_frame_size: int | None = None,
+        max_message_size: int | None = None,
+        credits: int | None = None,
         streams: Iterable[StreamSpec] | None = None,
         versions: Iterable[int] = (PROTOCOL_VERSION,),
         clock: Callable[[], int] = time.monotonic_ns,
@@ -119,11 +133,24 @@ class Connection:
         self.role = role
         self.state = State.HANDSHAKE
         self.error: ProtocolError | None = None
-        self.encodings = tuple(encodings)
+        # What was set explicitly also caps a client's hello (see _own_hello).
+        self._caps: dict[str, Any] = {
+            name: value
+            for name, value in (
+                ("encodings", None if encodings is None else list(encodings)),
+                ("max_frame_size", max_frame_size),
+                ("max_message_size", max_message_size),
+                ("credits", credits),
+            )
+            if value is not None
+        }
+        self.encodings = ("msgpack", "json") if encodings is None else tuple(encodings)
         self.codecs = tuple(codecs)
-        self.max_frame_size = max_frame_size
-        self.max_message_size = max_message_size
-        self.credits = credits
+        self.max_frame_size = DEFAULT_MAX_FRAME_SIZE if max_frame_size is None else max_frame_size
+        self.max_message_size = (
+            DEFAULT_MAX_MESSAGE_SIZE if max_message_size is None else max_message_size
+        )
+        self.credits = 4 if credits is None else credits
         self.versions = tuple(versions)
         self.encoding = "json"  # until the welcome chooses
         self._msgpack = False
@@ -152,6 +179,7 @@ class Connection:
         self._rx_last: dict[int, int] = {}
         self._rx_acked: dict[int, int] = {}
         self._local: deque[Any] = deque()
+        self._final: bytearray | None = None  # the goodbye frame, sent after all else
 
     # ================================================================== receiving
 
@@ -191,9 +219,11 @@ class Connection:
         if item is None:
             return None
         header, message, _ = item
-        self.last_header = header
         if isinstance(message, ConnectionClosed):
-            self.state = State.CLOSED
+            if self.state is not State.ERROR:
+                self.state = State.CLOSED
+        else:
+            self.last_header = header
         return message
 
     def events(self) -> Iterator[Any]:
@@ -204,18 +234,18 @@ class Connection:
     def _on_message(self, header: FrameHeader, message: Any, at: int) -> Any:
         # Runs while decoding, so that a violation stops the parser at the offending frame.
         type_ = header.type
-        if self.state is State.HANDSHAKE or self._goodbye_received:
+        if self.state is _HANDSHAKE or self._goodbye_received:
             message = self._handshake_message(type_, message, at)
-        elif type_ in (MessageType.HELLO, MessageType.WELCOME):
+        elif type_ <= _WELCOME:
             raise ProtocolError(
                 ErrorCode.UNEXPECTED_MESSAGE,
                 f"{message.__class__.__name__} after the handshake",
                 at + 3,
             )
-        if type_ == MessageType.GOODBYE:
+        if type_ == _GOODBYE:
             self._goodbye_received = True
             self.state = State.CLOSED if self._goodbye_sent else State.CLOSING
-        elif type_ == MessageType.ACK:
+        elif type_ == _ACK:
             self._on_ack(message, at)
         stream = header.stream
         credits = self._rx_credits.get(stream, 0)
@@ -269,8 +299,7 @@ class Connection:
             f"protocol version {hello.protocol} is not supported; this server speaks {supported}"
         )
         self._enqueue(Error(code="version_mismatch", message=reason), 0)
-        self._enqueue(Goodbye(code=1002, reason=reason), 0)
-        self._said_goodbye()
+        self._say_goodbye(Goodbye(code=1002, reason=reason))
         return VersionMismatch(offered=hello.protocol, supported=self.versions, reason=reason)
 
     def _on_ack(self, ack: Ack, at: int) -> None:
@@ -283,8 +312,8 @@ class Connection:
             )
         tx.acked = ack.seq
         if tx.pending is not None and tx.in_flight < tx.spec.credits:
-            packet, tx.pending = tx.pending, None
-            self._enqueue(packet, tx.spec.id)
+            (packet, encoded), tx.pending = tx.pending, None
+            self._enqueue(packet, tx.spec.id, encoded)
 
     # ================================================================== handshake
 
@@ -334,8 +363,7 @@ class Connection:
     def reject(self, reason: str, *, code: str = "rejected") -> list[Any]:
         """Refuse the client (bad token, full server …): an error and a goodbye."""
         self._enqueue(Error(code=code, message=reason), 0)
-        self._enqueue(Goodbye(code=1008, reason=reason), 0)
-        self._said_goodbye()
+        self._say_goodbye(Goodbye(code=1008, reason=reason))
         return self.data_to_send()
 
     def _apply_welcome(self, welcome: Welcome) -> None:
@@ -372,7 +400,7 @@ class Connection:
 
     def queue(self, event: Any, *, stream: int | None = None) -> None:
         """Schedule ``event`` without producing bytes yet; see :meth:`data_to_send`."""
-        if type(event) in _PLAIN_CONTROL and self.state is State.OPEN:
+        if type(event) in _PLAIN_CONTROL and self.state is _OPEN:
             # The common case, kept short: a control message on an open connection.
             tx = self._tx.get(event.STREAM if stream is None else stream)
             if tx is not None and tx.spec.kind in _CONTROL_KINDS:
@@ -387,6 +415,7 @@ class Connection:
             if isinstance(event, Hello):
                 if self.role is not Role.CLIENT or self._hello_sent:
                     raise LocalProtocolError("a client sends one hello, first")
+                event = self._own_hello(event)
                 self._hello_sent = True
                 self._peer_max_frame = HANDSHAKE_MAX_FRAME_SIZE
                 self._decoder.max_frame_size = event.max_frame_size
@@ -408,8 +437,7 @@ class Connection:
                 f"{type(event).__name__} cannot travel on {tx.spec.kind} stream {sid}"
             )
         if type(event) is Goodbye:
-            self._enqueue(event, sid)
-            self._said_goodbye()
+            self._say_goodbye(event)
             return
         if type(event) is Ack:
             if event.seq > self._rx_last.get(event.stream, -1):
@@ -417,10 +445,36 @@ class Connection:
                     f"ack of seq {event.seq} on stream {event.stream}, which was not received"
                 )
             self._rx_acked[event.stream] = max(self._rx_acked.get(event.stream, -1), event.seq)
-        if tx.spec.credits and not isinstance(event, ControlMessage):
-            self._credit_send(tx, event)
+        if isinstance(event, ControlMessage):
+            self._enqueue(event, sid)
             return
-        self._enqueue(event, sid)
+        # Encode (and check the size) now, so that a packet held for credits cannot fail
+        # later, when an ack releases it inside receive_data().
+        encoded = encode_packet(event)
+        self._check_size(len(encoded[0]) + encoded[1].nbytes, event)
+        if tx.spec.credits:
+            self._credit_send(tx, event, encoded)
+        else:
+            self._enqueue(event, sid, encoded)
+
+    def _own_hello(self, hello: Hello) -> Hello:
+        # Settings given to this connection take part too: the hello offers the smaller of its
+        # own limits and the connection's, and only encodings and codecs this side handles.
+        caps = self._caps
+        fields: dict[str, Any] = {}
+        if "encodings" in caps:
+            fields["encodings"] = [e for e in hello.encodings if e in caps["encodings"]]
+            if not fields["encodings"]:
+                raise LocalProtocolError(
+                    f"none of the hello's encodings {hello.encodings} is in {caps['encodings']}"
+                )
+        if self.codecs:
+            wanted = hello.codecs or list(self.codecs)
+            fields["codecs"] = [c for c in wanted if c in self.codecs]
+        for name in ("max_frame_size", "max_message_size", "credits"):
+            if name in caps:
+                fields[name] = min(getattr(hello, name), caps[name])
+        return _replace(hello, **fields) if fields else hello
 
     def ack(self, stream: int = 2) -> list[Any]:
         """Acknowledge everything received so far on credit stream ``stream``."""
@@ -430,19 +484,32 @@ class Connection:
         return self.send(Ack(stream=stream, seq=seq))
 
     def close(self, reason: str = "", code: int = 1000) -> list[Any]:
-        """Say goodbye; returns the buffers to send."""
+        """Say goodbye; returns the buffers to send: everything still queued, then the
+        goodbye (it never overtakes data queued before it)."""
         if self._goodbye_sent:
             return self.data_to_send()
         return self.send(Goodbye(code=code, reason=reason))
 
     def goodbye_for(self, error: ProtocolError) -> list[Any]:
-        """After a :class:`ProtocolError`: an error and a goodbye telling the peer why."""
+        """After a :class:`ProtocolError`: an error and a goodbye telling the peer why.
+
+        This aborts: what is queued on other streams is dropped (write these buffers and
+        close), and the connection stays in ``State.ERROR``. Messages already queued on the
+        control stream go first, so its sequence numbers stay continuous.
+        """
         if self._goodbye_sent:
-            return self.data_to_send()
+            return []
+        control = self._tx[self._streams[0].id]
+        for tx in self._order:
+            if tx is not control:
+                tx.queue.clear()
+                tx.pending = None
         self._enqueue(Error(code=error.code.value, message=error.message, offset=error.offset), 0)
-        self._enqueue(Goodbye(code=1002, reason=str(error)), 0)
-        self._said_goodbye()
-        return self.data_to_send()
+        self._say_goodbye(Goodbye(code=1002, reason=str(error)))
+        state = self.state
+        out = self.data_to_send()
+        self.state = State.ERROR if self.error is not None else state
+        return out
 
     def data_to_send(self, max_bytes: int | None = None) -> list[Any]:
         """Buffers of queued frames in priority order. With ``max_bytes``, stops after the
@@ -456,6 +523,10 @@ class Connection:
                 if tx.queue:
                     break
             else:
+                if self._final is not None:
+                    # The goodbye, once everything queued before it is out.
+                    out.append(self._final)
+                    self._final = None
                 return out
             item = tx.queue[0]
             if type(item) is bytearray:
@@ -473,7 +544,7 @@ class Connection:
     @property
     def has_data_to_send(self) -> bool:
         """Whether :meth:`data_to_send` would return anything."""
-        return any(tx.queue for tx in self._order)
+        return self._final is not None or any(tx.queue for tx in self._order)
 
     def stream_stats(self, stream: int) -> StreamStats:
         """Sending statistics of ``stream``."""
@@ -488,32 +559,53 @@ class Connection:
 
     # ------------------------------------------------------------------ internals
 
-    def _said_goodbye(self) -> None:
+    @property
+    def goodbye_sent(self) -> bool:
+        """Whether this side has said goodbye (it may send nothing more)."""
+        return self._goodbye_sent
+
+    @property
+    def goodbye_received(self) -> bool:
+        """Whether the peer has said goodbye."""
+        return self._goodbye_received
+
+    def _say_goodbye(self, goodbye: Goodbye) -> None:
+        # The goodbye is held back until every frame queued before it has been handed out.
+        sid = self._streams[0].id
+        tx = self._tx[sid]
+        seq = tx.next_seq
+        self._final = control_frame(goodbye, sid, seq, self._clock(), self._msgpack)
+        tx.next_seq = seq + 1
         self._goodbye_sent = True
         self.state = State.CLOSED if self._goodbye_received else State.CLOSING
 
-    def _credit_send(self, tx: _TxStream, packet: Any) -> None:
-        video = isinstance(packet, VideoPacket)
-        key = not video or packet.keyframe
-        inter = video and packet.codec in INTER_CODECS
-        if inter and not key and tx.resync:
+    def _credit_send(self, tx: _TxStream, packet: Any, encoded: tuple[bytes, memoryview]) -> None:
+        inter = isinstance(packet, VideoPacket) and packet.codec in INTER_CODECS
+        # Only inter-codec non-key frames depend on others; everything else stands alone.
+        key = not inter or packet.keyframe
+        if not key and tx.resync:
             tx.dropped += 1  # the chain is broken until the next keyframe
             return
-        if key:
+        if inter and key:
             tx.resync = False
         if tx.pending is None and tx.in_flight < tx.spec.credits:
-            self._enqueue(packet, tx.spec.id)
+            self._enqueue(packet, tx.spec.id, encoded)
             return
         pending = tx.pending
         if pending is None:
-            tx.pending = packet
+            tx.pending = (packet, encoded)
             return
         if key:
             # Latest wins: a keyframe or an independent packet replaces whatever waits.
-            tx.pending = packet
+            tx.pending = (packet, encoded)
             self._dropped(tx, 1, False)
             return
-        if not isinstance(pending, VideoPacket) or pending.keyframe:
+        waiting = pending[0]
+        if (
+            not isinstance(waiting, VideoPacket)
+            or waiting.codec not in INTER_CODECS
+            or waiting.keyframe
+        ):
             # Keep the waiting keyframe and lose this frame.
             self._dropped(tx, 1, True)
         else:
@@ -529,14 +621,16 @@ class Connection:
             FramesDropped(stream=tx.spec.id, count=count, keyframe_needed=keyframe_needed)
         )
 
-    def _enqueue(self, event: Any, sid: int) -> None:
+    def _enqueue(
+        self, event: Any, sid: int, encoded: tuple[bytes, memoryview] | None = None
+    ) -> None:
         tx = self._tx[sid]
         seq = tx.next_seq
         ts = self._clock()
         chunk = tx.spec.chunk_size or self._peer_max_frame
         chunk = min(chunk, self._peer_max_frame)
         if isinstance(event, ControlMessage):
-            msgpack = self._msgpack and event.TYPE > MessageType.WELCOME
+            msgpack = self._msgpack and event.TYPE > _WELCOME
             frame = control_frame(event, sid, seq, ts, msgpack)
             total = len(frame) - HEADER_SIZE
             if total <= chunk and total <= self._peer_max_message:
@@ -549,7 +643,7 @@ class Connection:
             body = [memoryview(frame)[HEADER_SIZE:]]
             item = Outgoing(event.TYPE, flags, sid, seq, ts, body, total, chunk)
         else:
-            prefix, data = encode_packet(event)
+            prefix, data = encode_packet(event) if encoded is None else encoded
             total = len(prefix) + data.nbytes
             self._check_size(total, event)
             flags = Flags.KEYFRAME if isinstance(event, VideoPacket) and event.keyframe else 0
@@ -565,7 +659,5 @@ class Connection:
             )
 
 
-def _replace(spec: StreamSpec, **fields: Any) -> StreamSpec:
-    import msgspec
-
-    return msgspec.structs.replace(spec, **fields)
+def _replace(struct: _S, **fields: Any) -> _S:
+    return msgspec.structs.replace(struct, **fields)

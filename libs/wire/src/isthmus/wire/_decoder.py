@@ -7,12 +7,20 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import msgspec
 import numpy as np
 
-from ._codec import CONTROL_BY_TYPE, decode_body
+from ._codec import _JSON_DECODERS, _MP_DECODERS, CONTROL_BY_TYPE, decode_body
 from ._errors import ErrorCode, ProtocolError
-from ._header import BINARY_TYPES, HEADER_SIZE, Flags, FrameHeader, parse_header
+from ._header import (
+    BINARY_TYPES,
+    HEADER,
+    HEADER_SIZE,
+    MAGIC,
+    VERSION,
+    Flags,
+    FrameHeader,
+    parse_header,
+)
 from ._messages import (
     DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -31,6 +39,8 @@ _CONTROL_KINDS = frozenset({"control", "state"})
 _MORE = int(Flags.MORE)
 _CONT = int(Flags.CONTINUATION)
 _MSGPACK = int(Flags.MSGPACK)
+_unpack_from = HEADER.unpack_from
+_new = tuple.__new__
 
 #: A decoded message with its header and the stream offset of its first frame.
 Received = tuple[FrameHeader, Any, int]
@@ -81,8 +91,9 @@ class FrameDecoder:
         streams: Iterable[StreamSpec] | None = None,
         on_message: Hook | None = None,
     ) -> None:
-        self.max_frame_size = max_frame_size
-        self.max_message_size = max_message_size
+        self._max_frame_size = max_frame_size
+        self._max_message_size = max_message_size
+        self._fast_limit = min(max_frame_size, max_message_size, LARGE_FRAME - 1)
         self._kinds: dict[int, str] = {}
         self.set_streams(default_streams() if streams is None else streams)
         self._on_message = on_message
@@ -106,6 +117,26 @@ class FrameDecoder:
     def set_streams(self, streams: Iterable[StreamSpec]) -> None:
         """Replace the stream table (ids and kinds) frames are checked against."""
         self._kinds = {s.id: s.kind for s in streams}
+
+    @property
+    def max_frame_size(self) -> int:
+        """Largest frame payload accepted (``frame_too_large`` beyond)."""
+        return self._max_frame_size
+
+    @max_frame_size.setter
+    def max_frame_size(self, value: int) -> None:
+        self._max_frame_size = value
+        self._fast_limit = min(value, self._max_message_size, LARGE_FRAME - 1)
+
+    @property
+    def max_message_size(self) -> int:
+        """Largest message accepted, over all its chunks (``message_too_large`` beyond)."""
+        return self._max_message_size
+
+    @max_message_size.setter
+    def max_message_size(self, value: int) -> None:
+        self._max_message_size = value
+        self._fast_limit = min(self._max_frame_size, value, LARGE_FRAME - 1)
 
     @property
     def offset(self) -> int:
@@ -227,8 +258,46 @@ class FrameDecoder:
         pos = 0
         n = mv.nbytes
         stage = self._stage
+        kinds = self._kinds
+        next_seq = self._next_seq
         while pos < n:
             hdr = self._hdr
+            if hdr is None and not stage and n - pos >= HEADER_SIZE:
+                # Fast path: a whole, small, unchunked control frame with nothing unusual about
+                # it. Anything else (including every error) takes the general path below.
+                magic, version, type_, flags, stream, length, total, seq, ts = _unpack_from(mv, pos)
+                end = pos + HEADER_SIZE + length
+                if (
+                    end <= n
+                    and magic == MAGIC
+                    and version == VERSION
+                    and flags <= _MSGPACK
+                    and type_ in CONTROL_BY_TYPE
+                    and length == total
+                    and length <= self._fast_limit
+                    and kinds.get(stream) in _CONTROL_KINDS
+                    and seq == next_seq.get(stream, 0)
+                    and stream not in self._asm
+                ):
+                    at = self._frame_at = self._offset
+                    next_seq[stream] = seq + 1
+                    self._last_large = False
+                    payload = mv[pos + HEADER_SIZE : end]
+                    pos = end
+                    self._offset += HEADER_SIZE + length
+                    try:
+                        message = (_MP_DECODERS if flags else _JSON_DECODERS)[type_].decode(payload)
+                    except ValueError as exc:  # DecodeError; UnicodeDecodeError on bad UTF-8
+                        name = CONTROL_BY_TYPE[type_].__name__
+                        raise ProtocolError(
+                            ErrorCode.INVALID_PAYLOAD, f"{name}: {exc}", at + HEADER_SIZE
+                        ) from None
+                    self._deliver(
+                        _new(FrameHeader, (type_, flags, stream, length, total, seq, ts)),
+                        message,
+                        at,
+                    )
+                    continue
             if hdr is None:
                 if stage:
                     take = min(HEADER_SIZE - len(stage), n - pos)
@@ -384,7 +453,7 @@ class FrameDecoder:
         self._filled = 0
         at = self._frame_at
         flags = hdr.flags
-        self._last_large = hdr.length >= LARGE_FRAME or bool(flags & (_MORE | _CONT))
+        self._last_large = hdr.length >= LARGE_FRAME
         asm = None
         if flags & (_MORE | _CONT):
             asm = self._asm[hdr.stream]
@@ -421,9 +490,12 @@ class FrameDecoder:
         else:
             try:
                 message = decode_body(type_, payload, bool(flags & _MSGPACK))
-            except msgspec.DecodeError as exc:
+            except ValueError as exc:  # DecodeError; UnicodeDecodeError on bad UTF-8
                 name = CONTROL_BY_TYPE[type_].__name__
                 raise ProtocolError(ErrorCode.INVALID_PAYLOAD, f"{name}: {exc}", base) from None
+        self._deliver(hdr, message, at)
+
+    def _deliver(self, hdr: FrameHeader, message: Any, at: int) -> None:
         if self._on_message is not None:
             message = self._on_message(hdr, message, at)
             if message is None:
