@@ -14,6 +14,7 @@ from types import ModuleType
 TOURS: dict[str, str] = {
     "buffer": ".buffer",
     "buffer-latency": ".buffer_latency",
+    "wire": ".wire",
 }
 
 
