@@ -285,6 +285,7 @@ class Connection:
         if type_ == MessageType.WELCOME:
             if not self._hello_sent:
                 raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "welcome before hello", at + 3)
+            _check_stream_table(message.streams, at + HEADER_SIZE)
             self._apply_welcome(message)
             return message
         if type_ not in _EARLY:
@@ -422,7 +423,9 @@ class Connection:
                 self._decoder.max_message_size = event.max_message_size
             elif type_ == MessageType.WELCOME:
                 raise LocalProtocolError("a server answers a hello with accept()")
-            elif self.state is State.HANDSHAKE and type_ not in _EARLY:
+            elif self.state is State.HANDSHAKE and (
+                type_ not in _EARLY or (self.role is Role.CLIENT and not self._hello_sent)
+            ):
                 raise LocalProtocolError(f"{type(event).__name__} before the handshake completed")
         elif not isinstance(event, PACKET_TYPES):
             raise TypeError(f"not an isthmus.wire message: {type(event).__name__}")
@@ -499,7 +502,7 @@ class Connection:
         """
         if self._goodbye_sent:
             return []
-        control = self._tx[self._streams[0].id]
+        control = self._tx[0]
         for tx in self._order:
             if tx is not control:
                 tx.queue.clear()
@@ -571,7 +574,7 @@ class Connection:
 
     def _say_goodbye(self, goodbye: Goodbye) -> None:
         # The goodbye is held back until every frame queued before it has been handed out.
-        sid = self._streams[0].id
+        sid = 0
         tx = self._tx[sid]
         seq = tx.next_seq
         self._final = control_frame(goodbye, sid, seq, self._clock(), self._msgpack)
@@ -657,6 +660,19 @@ class Connection:
                 f"{type(event).__name__} of {total} bytes exceeds the peer's limit of "
                 f"{self._peer_max_message}"
             )
+
+
+def _check_stream_table(streams: list[StreamSpec], at: int) -> None:
+    """A welcome's stream table must keep stream 0 as the control stream, with unique u16 ids."""
+    ids = [s.id for s in streams]
+    if len(set(ids)) != len(ids) or any(not 0 <= i <= 0xFFFF for i in ids):
+        raise ProtocolError(ErrorCode.INVALID_PAYLOAD, f"bad stream ids in welcome: {ids}", at)
+    if not any(s.id == 0 and s.kind == "control" for s in streams):
+        raise ProtocolError(
+            ErrorCode.INVALID_PAYLOAD, "the welcome's stream table has no control stream 0", at
+        )
+    if any(s.credits < 0 or s.chunk_size < 0 for s in streams):
+        raise ProtocolError(ErrorCode.INVALID_PAYLOAD, "negative credits or chunk size", at)
 
 
 def _replace(struct: _S, **fields: Any) -> _S:

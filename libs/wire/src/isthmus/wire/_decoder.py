@@ -258,7 +258,6 @@ class FrameDecoder:
         pos = 0
         n = mv.nbytes
         stage = self._stage
-        kinds = self._kinds
         next_seq = self._next_seq
         while pos < n:
             hdr = self._hdr
@@ -275,7 +274,7 @@ class FrameDecoder:
                     and type_ in CONTROL_BY_TYPE
                     and length == total
                     and length <= self._fast_limit
-                    and kinds.get(stream) in _CONTROL_KINDS
+                    and self._kinds.get(stream) in _CONTROL_KINDS
                     and seq == next_seq.get(stream, 0)
                     and stream not in self._asm
                 ):

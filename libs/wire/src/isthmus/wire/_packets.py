@@ -51,7 +51,7 @@ _BLOB = struct.Struct("<HH")  # mime_len, name_len
 MAX_NDIM = 32
 TENSOR_ALIGN = 64
 # numpy dtype strings a tensor may carry: plain numbers only (never objects).
-_DTYPE = re.compile(r"^[<>|=]?(?:[biuf][1248]|c(?:8|16)|f16|b1|\?)$")
+_DTYPE = re.compile(r"^[<>|=]?(?:[iu][1248]|f[248]|f16|c(?:8|16)|b1|\?)$")
 
 
 def _as_bytes_view(obj: Any) -> memoryview:
@@ -118,7 +118,12 @@ class Tensor:
             data=flat.data.cast("B") if flat.size else b"",
             dtype=arr.dtype.str,
             shape=tuple(int(n) for n in arr.shape),
-            strides=tuple(int(s) for s in arr.strides),
+            # numpy calls a one-element (or empty) reversed view contiguous, with a negative
+            # stride; a dimension of length 0 or 1 never steps, so 0 is as good.
+            strides=tuple(
+                int(s) if n > 1 and arr.size else 0
+                for n, s in zip(arr.shape, arr.strides, strict=True)
+            ),
         )
 
     def to_numpy(self) -> np.ndarray[Any, Any]:

@@ -24,7 +24,7 @@ def json_schema() -> dict[str, Any]:
         "$id": f"https://isthmus.dev/schemas/wire/{__version__}/control.json",
         "title": "isthmus-wire control messages",
         "description": "Bodies of isthmus-wire control frames, by message type.",
-        "oneOf": list(schemas),
+        "anyOf": list(schemas),
         "$defs": components,
         "x-isthmus-types": {m.name.lower(): int(m) for m in MessageType},
     }
