@@ -6,7 +6,7 @@ Each class carries its wire type code (``TYPE``) and the stream it travels on by
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -40,6 +40,11 @@ DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
 
 CONTROL, STATE, VIDEO, AUDIO, DATA = 0, 1, 2, 3, 4
 
+#: A signed 64-bit integer, which every peer (MessagePack, JavaScript BigInt64) can carry.
+Int = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+#: A stream id (u16 in the frame header).
+StreamId = Annotated[int, msgspec.Meta(ge=0, le=0xFFFF)]
+
 StreamKind = Literal["control", "state", "video", "audio", "data"]
 
 
@@ -52,12 +57,12 @@ class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
     negotiated maximum frame size).
     """
 
-    id: int
+    id: StreamId
     name: str
     kind: StreamKind
-    credits: int = 0
-    priority: int = 2
-    chunk_size: int = 0
+    credits: Int = 0
+    priority: Int = 2
+    chunk_size: Int = 0
 
 
 def default_streams() -> list[StreamSpec]:
@@ -84,14 +89,14 @@ class Hello(ControlMessage, frozen=True, kw_only=True):
     """First message of a client: what it speaks and what it can take."""
 
     TYPE: ClassVar[MessageType] = MessageType.HELLO
-    protocol: int = PROTOCOL_VERSION
+    protocol: Int = PROTOCOL_VERSION
     role: str = "client"
     name: str = ""
     encodings: list[str] = msgspec.field(default_factory=lambda: ["msgpack", "json"])
     codecs: list[str] = msgspec.field(default_factory=list)
-    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
-    credits: int = 4
+    max_frame_size: Int = DEFAULT_MAX_FRAME_SIZE
+    max_message_size: Int = DEFAULT_MAX_MESSAGE_SIZE
+    credits: Int = 4
     token: str | None = None
 
 
@@ -99,15 +104,15 @@ class Welcome(ControlMessage, frozen=True, kw_only=True):
     """The server's answer to a hello: what was chosen, the limits and the stream table."""
 
     TYPE: ClassVar[MessageType] = MessageType.WELCOME
-    protocol: int = PROTOCOL_VERSION
+    protocol: Int = PROTOCOL_VERSION
     role: str = "server"
     name: str = ""
     session: str = ""
     encoding: str = "msgpack"
     codecs: list[str] = msgspec.field(default_factory=list)
-    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
-    credits: int = 4
+    max_frame_size: Int = DEFAULT_MAX_FRAME_SIZE
+    max_message_size: Int = DEFAULT_MAX_MESSAGE_SIZE
+    credits: Int = 4
     streams: list[StreamSpec] = msgspec.field(default_factory=default_streams)
 
 
@@ -115,7 +120,7 @@ class Goodbye(ControlMessage, frozen=True, kw_only=True):
     """The sender is closing the connection, and why (codes follow WebSocket close codes)."""
 
     TYPE: ClassVar[MessageType] = MessageType.GOODBYE
-    code: int = 1000
+    code: Int = 1000
     reason: str = ""
 
 
@@ -125,15 +130,15 @@ class Error(ControlMessage, frozen=True, kw_only=True):
     TYPE: ClassVar[MessageType] = MessageType.ERROR
     code: str
     message: str = ""
-    offset: int | None = None
+    offset: Int | None = None
 
 
 class Ping(ControlMessage, frozen=True, kw_only=True):
     """Liveness and round-trip probe; answer with :meth:`response`."""
 
     TYPE: ClassVar[MessageType] = MessageType.PING
-    nonce: int = 0
-    time_ns: int = 0
+    nonce: Int = 0
+    time_ns: Int = 0
 
     def response(self) -> Pong:
         """The pong that answers this ping."""
@@ -144,34 +149,34 @@ class Pong(ControlMessage, frozen=True, kw_only=True):
     """Answer to a ping, echoing its nonce and time."""
 
     TYPE: ClassVar[MessageType] = MessageType.PONG
-    nonce: int = 0
-    time_ns: int = 0
+    nonce: Int = 0
+    time_ns: Int = 0
 
 
 class Ack(ControlMessage, frozen=True, kw_only=True):
     """Cumulative acknowledgement of a credit stream: every message up to ``seq`` is done."""
 
     TYPE: ClassVar[MessageType] = MessageType.ACK
-    stream: int
-    seq: int
+    stream: StreamId
+    seq: Int
 
 
 class RequestKeyframe(ControlMessage, frozen=True, kw_only=True):
     """Ask the sender of a video stream for a keyframe (after loss or on join)."""
 
     TYPE: ClassVar[MessageType] = MessageType.REQUEST_KEYFRAME
-    stream: int = VIDEO
+    stream: StreamId = VIDEO
 
 
 class Stats(ControlMessage, frozen=True, kw_only=True):
     """Periodic statistics of a stream or of the whole connection (``stream`` None)."""
 
     TYPE: ClassVar[MessageType] = MessageType.STATS
-    stream: int | None = None
+    stream: StreamId | None = None
     fps: float = 0.0
     kbps: float = 0.0
-    frames: int = 0
-    dropped: int = 0
+    frames: Int = 0
+    dropped: Int = 0
     rtt_ms: float | None = None
     latency_ms: float | None = None
     extra: dict[str, float] = msgspec.field(default_factory=dict)
@@ -189,10 +194,10 @@ class Pointer(ControlMessage, frozen=True, kw_only=True):
     kind: Literal["down", "up", "move", "enter", "leave", "cancel"] = "move"
     x: float
     y: float
-    button: int = 0
-    buttons: int = 0
-    modifiers: int = 0
-    pointer_id: int = 0
+    button: Int = 0
+    buttons: Int = 0
+    modifiers: Int = 0
+    pointer_id: Int = 0
 
 
 class Wheel(ControlMessage, frozen=True, kw_only=True):
@@ -205,7 +210,7 @@ class Wheel(ControlMessage, frozen=True, kw_only=True):
     dy: float = 0.0
     dz: float = 0.0
     mode: Literal["pixel", "line", "page"] = "pixel"
-    modifiers: int = 0
+    modifiers: Int = 0
 
 
 class Key(ControlMessage, frozen=True, kw_only=True):
@@ -215,7 +220,7 @@ class Key(ControlMessage, frozen=True, kw_only=True):
     kind: Literal["down", "up"] = "down"
     key: str
     code: str = ""
-    modifiers: int = 0
+    modifiers: Int = 0
     repeat: bool = False
 
 
@@ -232,7 +237,7 @@ class StatePatch(ControlMessage, frozen=True, kw_only=True):
     path: str
     op: Literal["set", "merge", "delete"] = "set"
     value: Any = None
-    rev: int | None = None
+    rev: Int | None = None
 
 
 CONTROL_MESSAGES: tuple[type[ControlMessage], ...] = (

@@ -6,6 +6,7 @@ The payload bytes of a received packet are never copied: ``data`` is an
 
 from __future__ import annotations
 
+import math
 import re
 import struct
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ _AUDIO = struct.Struct("<IHBBq")  # rate, channels, sample format, codec, pts
 _TENSOR = struct.Struct("<BBHI")  # ndim, dtype_len, reserved, data_offset
 _BLOB = struct.Struct("<HH")  # mime_len, name_len
 MAX_NDIM = 32
+# numpy's limit on an array's nominal size (its intp), even when zero strides need no memory.
+_MAX_ARRAY_BYTES = 2**63 - 1
 TENSOR_ALIGN = 64
 # numpy dtype strings a tensor may carry: plain numbers only (never objects).
 _DTYPE = re.compile(r"^[<>|=]?(?:[iu][1248]|f[248]|f16|c(?:8|16)|b1|\?)$")
@@ -212,6 +215,8 @@ def encode_packet(packet: Packet) -> tuple[bytes, memoryview]:
         data = _as_bytes_view(packet.data)
         if len(strides) != len(shape) or any(s < 0 for s in strides):
             raise ValueError("tensor strides must be non-negative, one per dimension")
+        if math.prod(shape) * itemsize > _MAX_ARRAY_BYTES:
+            raise ValueError("tensor shape is larger than any array can be")
         if _extent(shape, strides, itemsize) > data.nbytes:
             raise ValueError("tensor shape and strides reach past its data")
         dt = packet.dtype.encode("ascii")
@@ -312,6 +317,8 @@ def decode_packet(type_: int, body: memoryview, base: int) -> Packet:
             raise _invalid("tensor data overlaps its header", base + 4)
         if data_offset > n:
             raise _truncated("tensor data", base + 4)
+        if math.prod(shape) * _itemsize(dtype) > _MAX_ARRAY_BYTES:
+            raise _invalid("tensor shape is larger than any array can be", base + pos)
         if _extent(shape, strides, _itemsize(dtype)) > n - data_offset:
             raise _truncated("tensor shape and strides", base + pos)
         return Tensor(data=Buffer(body[data_offset:]), dtype=dtype, shape=shape, strides=strides)
