@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -634,7 +635,12 @@ class Connection:
         chunk = min(chunk, self._peer_max_frame)
         if isinstance(event, ControlMessage):
             msgpack = self._msgpack and event.TYPE > _WELCOME
-            frame = control_frame(event, sid, seq, ts, msgpack)
+            try:
+                frame = control_frame(event, sid, seq, ts, msgpack)
+            except (OverflowError, TypeError, ValueError) as exc:  # e.g. 2**70 in a value
+                raise LocalProtocolError(f"cannot encode {type(event).__name__}: {exc}") from None
+            if not msgpack and type(event) in _FLOAT_FIELDS:
+                _check_finite(event)
             total = len(frame) - HEADER_SIZE
             if total <= chunk and total <= self._peer_max_message:
                 tx.next_seq = seq + 1
@@ -659,6 +665,28 @@ class Connection:
             raise LocalProtocolError(
                 f"{type(event).__name__} of {total} bytes exceeds the peer's limit of "
                 f"{self._peer_max_message}"
+            )
+
+
+# Typed float fields of control messages: JSON has no NaN or infinity (msgspec writes null, which
+# the peer's typed decoder rejects), so such values are refused before they are sent.
+_FLOAT_FIELDS: dict[type[ControlMessage], tuple[str, ...]] = {
+    cls: names
+    for cls in CONTROL_MESSAGES
+    if (
+        names := tuple(
+            f.name for f in msgspec.structs.fields(cls) if f.type in (float, float | None)
+        )
+    )
+}
+
+
+def _check_finite(event: ControlMessage) -> None:
+    for name in _FLOAT_FIELDS[type(event)]:
+        value = getattr(event, name)
+        if value is not None and not math.isfinite(value):
+            raise LocalProtocolError(
+                f"{type(event).__name__}.{name} is {value}, which JSON cannot carry"
             )
 
 
