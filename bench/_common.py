@@ -262,6 +262,20 @@ def fmt(value: float | None, digits: int = 1, unit: str = "") -> str:
     return f"{text} {unit}".rstrip()
 
 
+def targets_table(targets: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The verdict table of a benchmark's targets ({target, measured, goal, met} each)."""
+    rows = []
+    for t in targets:
+        met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
+        rows.append([t["target"], fmt(t["measured"], 2), t["goal"], met])
+    return {
+        "title": "Targets",
+        "headers": ["target", "measured", "goal", "met"],
+        "rows": rows,
+        "note": "",
+    }
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A GitHub-flavoured markdown table; numeric-looking columns are right-aligned."""
 

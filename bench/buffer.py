@@ -34,6 +34,7 @@ from bench._common import (
     spread,
     sweep_shm,
     sweep_tmp,
+    targets_table,
     unique_name,
 )
 
@@ -935,16 +936,5 @@ def tables(r: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     if r.get("targets"):
-        rows = []
-        for t in r["targets"]:
-            met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
-            rows.append([t["target"], fmt(t["measured"], 2), t["goal"], met])
-        out.append(
-            {
-                "title": "Targets",
-                "headers": ["target", "measured", "goal", "met"],
-                "rows": rows,
-                "note": "",
-            }
-        )
+        out.append(targets_table(r["targets"]))
     return out

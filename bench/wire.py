@@ -31,7 +31,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench._common import ChildError, Children, fmt, median, package_version, percentile, spread
+from bench._common import (
+    ChildError,
+    Children,
+    fmt,
+    median,
+    package_version,
+    percentile,
+    spread,
+    targets_table,
+)
 
 DESCRIPTION = (
     "isthmus-wire: header pack/parse, control-message codecs, framed path, "
@@ -1032,16 +1041,5 @@ def tables(r: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     if r.get("targets"):
-        rows = []
-        for t in r["targets"]:
-            met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
-            rows.append([t["target"], fmt(t["measured"], 2), t["goal"], met])
-        out.append(
-            {
-                "title": "Targets",
-                "headers": ["target", "measured", "goal", "met"],
-                "rows": rows,
-                "note": "",
-            }
-        )
+        out.append(targets_table(r["targets"]))
     return out
