@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("showcase")
@@ -92,3 +93,50 @@ class Worker:
             self.process.kill()
             self.process.join(1.0)
         return True
+
+
+def start_live(opts: Any, console: Any, state: Any) -> Any:
+    """A started ``rich.live.Live`` showing ``state.live_table`` (None without ``--live``)."""
+    if not opts.live:
+        return None
+    from rich.live import Live
+
+    live = Live(state.live_table(opts, 0.0), console=console, refresh_per_second=4, transient=False)
+    live.start()
+    return live
+
+
+def watch(
+    opts: Any,
+    state: Any,
+    workers: tuple[Worker, ...],
+    pump: Callable[[float], None],
+    live: Any,
+    ready: Callable[[], bool],
+    not_ready: str,
+) -> None:
+    """Feed reports into ``state`` and refresh the display until ``opts.duration`` seconds after
+    ``ready()`` first holds. Raises RuntimeError when a worker fails or when ``ready()`` does not
+    hold within 30 s (``not_ready`` says what did not happen); Ctrl-C propagates."""
+    last_draw = last_log = 0.0
+    deadline = None
+    while True:
+        pump(0.05)
+        for w in workers:
+            outcome = w.poll_outcome()
+            if outcome is not None and outcome[0] == "error":
+                raise RuntimeError(f"{w.name} failed: {outcome[1]}\n{outcome[2]}")
+        now = time.monotonic()
+        if deadline is None and ready():
+            deadline = now + opts.duration
+        elif deadline is None and now - state.started > 30:
+            raise RuntimeError(f"{not_ready} within 30 s")
+        elapsed = 0.0 if deadline is None else opts.duration - (deadline - now)
+        if live is not None and now - last_draw >= 0.25:
+            live.update(state.live_table(opts, max(elapsed, 0.0)))
+            last_draw = now
+        if live is None and deadline is not None and now - last_log >= 1.0 and elapsed > 0.5:
+            state.log_line(elapsed)
+            last_log = now
+        if deadline is not None and now >= deadline:
+            return

@@ -20,7 +20,7 @@ import time
 from array import array
 from typing import Any
 
-from ._proc import CTX, Worker
+from ._proc import CTX, Worker, start_live, watch
 from ._stats import Batch, LatencyHistogram, Window
 
 TITLE = "buffer: a zero-copy shared-memory ring between two processes"
@@ -274,37 +274,17 @@ def run(opts: argparse.Namespace, console: Any) -> dict[str, Any]:
                 except EOFError:
                     return
 
-    live = None
+    live = start_live(opts, console, state)
     try:
-        if opts.live:
-            from rich.live import Live
-
-            live = Live(
-                state.live_table(opts, 0.0), console=console, refresh_per_second=4, transient=False
-            )
-            live.start()
-        last_draw = last_log = 0.0
-        deadline = None
-        while True:
-            pump(0.05)
-            for w in workers:
-                outcome = w.poll_outcome()
-                if outcome is not None and outcome[0] == "error":
-                    raise RuntimeError(f"{w.name} failed: {outcome[1]}\n{outcome[2]}")
-            now = time.monotonic()
-            if state.implementation != "?" and deadline is None:
-                deadline = now + opts.duration
-            elif deadline is None and now - state.started > 30:
-                raise RuntimeError("the consumer did not start within 30 s")
-            elapsed = 0.0 if deadline is None else opts.duration - (deadline - now)
-            if live is not None and now - last_draw >= 0.25:
-                live.update(state.live_table(opts, max(elapsed, 0.0)))
-                last_draw = now
-            if live is None and deadline is not None and now - last_log >= 1.0 and elapsed > 0.5:
-                state.log_line(elapsed)
-                last_log = now
-            if deadline is not None and now >= deadline:
-                break
+        watch(
+            opts,
+            state,
+            workers,
+            pump,
+            live,
+            lambda: state.implementation != "?",
+            "the consumer did not start",
+        )
     except KeyboardInterrupt:
         interrupted = True
         log.warning("interrupted: stopping the producer and draining the ring")
