@@ -200,9 +200,10 @@ class FrameDecoder:
         self._lent_target = False
         if self._rbuf is None:
             self._rbuf = bytearray(LARGE_FRAME)
-        if self._hdr is None and (self._asm or self._last_large):
-            # Large frames tend to come in runs (chunks of one message, video): read only the
+        if self._hdr is None and self._last_large:
+            # Large frames tend to come in runs (the chunks of a big message): read only the
             # header, so that the payload after it is read straight into its own memory.
+            # Below LARGE_FRAME a copy costs less than the extra read.
             return memoryview(self._rbuf)[: HEADER_SIZE - len(self._stage)]
         return memoryview(self._rbuf)
 
