@@ -315,7 +315,7 @@ class Connection:
         tx.acked = ack.seq
         if tx.pending is not None and tx.in_flight < tx.spec.credits:
             (packet, encoded), tx.pending = tx.pending, None
-            self._enqueue(packet, tx.spec.id, encoded)
+            self._enqueue_packet(packet, tx.spec.id, encoded)
 
     # ================================================================== handshake
 
@@ -459,7 +459,7 @@ class Connection:
         if tx.spec.credits:
             self._credit_send(tx, event, encoded)
         else:
-            self._enqueue(event, sid, encoded)
+            self._enqueue_packet(event, sid, encoded)
 
     def _own_hello(self, hello: Hello) -> Hello:
         # Settings given to this connection take part too: the hello offers the smaller of its
@@ -593,7 +593,7 @@ class Connection:
         if inter and key:
             tx.resync = False
         if tx.pending is None and tx.in_flight < tx.spec.credits:
-            self._enqueue(packet, tx.spec.id, encoded)
+            self._enqueue_packet(packet, tx.spec.id, encoded)
             return
         pending = tx.pending
         if pending is None:
@@ -625,38 +625,40 @@ class Connection:
             FramesDropped(stream=tx.spec.id, count=count, keyframe_needed=keyframe_needed)
         )
 
-    def _enqueue(
-        self, event: Any, sid: int, encoded: tuple[bytes, memoryview] | None = None
-    ) -> None:
+    def _enqueue(self, event: ControlMessage, sid: int) -> None:
         tx = self._tx[sid]
         seq = tx.next_seq
         ts = self._clock()
-        chunk = tx.spec.chunk_size or self._peer_max_frame
-        chunk = min(chunk, self._peer_max_frame)
-        if isinstance(event, ControlMessage):
-            msgpack = self._msgpack and event.TYPE > _WELCOME
-            try:
-                frame = control_frame(event, sid, seq, ts, msgpack)
-            except (OverflowError, TypeError, ValueError) as exc:  # e.g. 2**70 in a value
-                raise LocalProtocolError(f"cannot encode {type(event).__name__}: {exc}") from None
-            if not msgpack and type(event) in _FLOAT_FIELDS:
-                _check_finite(event)
-            total = len(frame) - HEADER_SIZE
-            if total <= chunk and total <= self._peer_max_message:
-                tx.next_seq = seq + 1
-                tx.queue.append(frame)
-                return
-            self._check_size(total, event)
-            # Larger than a chunk: cut the encoded body into frames.
-            flags = Flags.MSGPACK if msgpack else 0
-            body = [memoryview(frame)[HEADER_SIZE:]]
-            item = Outgoing(event.TYPE, flags, sid, seq, ts, body, total, chunk)
-        else:
-            prefix, data = encode_packet(event) if encoded is None else encoded
-            total = len(prefix) + data.nbytes
-            self._check_size(total, event)
-            flags = Flags.KEYFRAME if isinstance(event, VideoPacket) and event.keyframe else 0
-            item = Outgoing(event.TYPE, flags, sid, seq, ts, [prefix, data], total, chunk)
+        chunk = min(tx.spec.chunk_size or self._peer_max_frame, self._peer_max_frame)
+        msgpack = self._msgpack and event.TYPE > _WELCOME
+        try:
+            frame = control_frame(event, sid, seq, ts, msgpack)
+        except (OverflowError, TypeError, ValueError) as exc:  # e.g. 2**70 in a value
+            raise LocalProtocolError(f"cannot encode {type(event).__name__}: {exc}") from None
+        if not msgpack and type(event) in _FLOAT_FIELDS:
+            _check_finite(event)
+        total = len(frame) - HEADER_SIZE
+        if total <= chunk and total <= self._peer_max_message:
+            tx.next_seq = seq + 1
+            tx.queue.append(frame)
+            return
+        self._check_size(total, event)
+        # Larger than a chunk: cut the encoded body into frames.
+        flags = Flags.MSGPACK if msgpack else 0
+        body = [memoryview(frame)[HEADER_SIZE:]]
+        item = Outgoing(event.TYPE, flags, sid, seq, ts, body, total, chunk)
+        tx.next_seq = seq + 1
+        tx.queue.append(item)
+
+    def _enqueue_packet(self, packet: Any, sid: int, encoded: tuple[bytes, memoryview]) -> None:
+        # ``encoded`` was made and size-checked by queue(), when the application sent it.
+        tx = self._tx[sid]
+        seq = tx.next_seq
+        chunk = min(tx.spec.chunk_size or self._peer_max_frame, self._peer_max_frame)
+        prefix, data = encoded
+        total = len(prefix) + data.nbytes
+        flags = Flags.KEYFRAME if isinstance(packet, VideoPacket) and packet.keyframe else 0
+        item = Outgoing(packet.TYPE, flags, sid, seq, self._clock(), [prefix, data], total, chunk)
         tx.next_seq = seq + 1
         tx.queue.append(item)
 
