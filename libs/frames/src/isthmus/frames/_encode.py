@@ -682,6 +682,8 @@ class FallbackEncoder(Encoder):
                 continue
             try:
                 self._inner = b.open(self.width, self.height, **self._options)
+            except FrameFormatError:
+                raise  # the caller's size or options are wrong, not the backend
             except Exception as exc:
                 reasons[b.name] = f"{type(exc).__name__}: {exc}"
                 log.warning("encoder backend %s failed to open: %s", b.name, exc)
