@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import PURE, scene
 from isthmus.frames import (
     BackendUnavailableError,
     ColorSpec,
@@ -19,8 +20,6 @@ from isthmus.frames import (
     yuv_to_rgb_matrix,
 )
 
-from conftest import PURE, scene
-
 BACKENDS = available_converters()
 
 
@@ -31,7 +30,9 @@ def solid(rgb: tuple[int, int, int], w: int = 8, h: int = 4) -> np.ndarray:
 
 
 def yuv_of(rgb: tuple[int, int, int], color: ColorSpec, backend: str) -> tuple[int, int, int]:
-    out = Converter(8, 4, dst="yuv444", color=ColorSpec(color.matrix, color.range, "444"), backend=backend)  # type: ignore[arg-type]
+    out = Converter(
+        8, 4, dst="yuv444", color=ColorSpec(color.matrix, color.range, "444"), backend=backend
+    )  # type: ignore[arg-type]
     planes = out.convert(solid(rgb)).array
     return int(planes[0, 0, 0]), int(planes[1, 0, 0]), int(planes[2, 0, 0])
 
@@ -58,7 +59,9 @@ def test_pure_python_mode_selects_numpy() -> None:
         ((255, 0, 0), ColorSpec("bt709", "full"), (54, 99, 255)),
     ],
 )
-def test_reference_values(backend: str, rgb: tuple[int, int, int], color: ColorSpec, expected: tuple[int, int, int]) -> None:
+def test_reference_values(
+    backend: str, rgb: tuple[int, int, int], color: ColorSpec, expected: tuple[int, int, int]
+) -> None:
     got = yuv_of(rgb, color, backend)
     assert all(abs(g - e) <= 1 for g, e in zip(got, expected, strict=True)), (got, expected)
 
@@ -102,7 +105,9 @@ def test_chroma_is_the_mean_of_each_2x2_block(backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize(("fmt", "perm"), [("bgr", [2, 1, 0]), ("rgba", [0, 1, 2, 3]), ("bgra", [2, 1, 0, 3])])
+@pytest.mark.parametrize(
+    ("fmt", "perm"), [("bgr", [2, 1, 0]), ("rgba", [0, 1, 2, 3]), ("bgra", [2, 1, 0, 3])]
+)
 def test_channel_orders_give_the_same_yuv(backend: str, fmt: str, perm: list[int]) -> None:
     rgb = scene(32, 16, 2)
     rgba = np.concatenate([rgb, np.full((16, 32, 1), 77, np.uint8)], axis=2)
@@ -202,5 +207,9 @@ def test_device_frames_convert_on_the_gpu() -> None:
     for dst in ("i420", "nv12"):
         dev = Converter(64, 32, dst=dst).convert(cupy.asarray(img))
         assert dev.on_device
-        ref = host if dst == "i420" else Converter(64, 32, dst="nv12", backend="numpy").convert(img).array
+        ref = (
+            host
+            if dst == "i420"
+            else Converter(64, 32, dst="nv12", backend="numpy").convert(img).array
+        )
         assert np.abs(cupy.asnumpy(dev.data).astype(int) - ref.astype(int)).max() <= 1

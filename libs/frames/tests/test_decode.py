@@ -6,8 +6,8 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import scene
 
+from conftest import scene
 from isthmus.frames import (
     BackendUnavailableError,
     CorruptPacketError,
@@ -16,11 +16,11 @@ from isthmus.frames import (
     FramesError,
     Packet,
     PixelFormat,
+    _png,
     open_decoder,
     open_encoder,
     probe_decoders,
 )
-from isthmus.frames import _png
 
 pytest.importorskip("av")
 W, H = 320, 240
@@ -35,7 +35,9 @@ def corrupt(packet: Packet) -> Packet:
     data = bytearray(bytes(packet))
     for i in range(12, len(data), 5):
         data[i] ^= 0xA5
-    return Packet(bytes(data), packet.pts, packet.keyframe, packet.codec, packet.width, packet.height)
+    return Packet(
+        bytes(data), packet.pts, packet.keyframe, packet.codec, packet.width, packet.height
+    )
 
 
 def test_probe_reports_every_decoder() -> None:
@@ -43,7 +45,9 @@ def test_probe_reports_every_decoder() -> None:
     assert found["pyav"] == "" and found["jpeg"] == "" and found["png"] == ""
     assert "nvdec" in found  # skipped here (no GPU), with a reason
     with pytest.raises(BackendUnavailableError):
-        open_decoder("h264", backend="nvdec") if found["nvdec"] else open_decoder("h264", backend="cuvid")
+        open_decoder("h264", backend="nvdec") if found["nvdec"] else open_decoder(
+            "h264", backend="cuvid"
+        )
     with pytest.raises(BackendUnavailableError, match="unknown codec"):
         open_decoder("vp8")
 
@@ -74,7 +78,11 @@ def test_corrupt_packet_is_typed_and_the_decoder_recovers_at_the_next_keyframe()
         dec.decode(corrupt(packets[1]))
     assert dec.waiting_for_keyframe
     # P-frames that depend on the damaged one are dropped, not shown smeared.
-    assert dec.decode(packets[2]) == [] and dec.decode(packets[3]) == [] and dec.decode(packets[4]) == []
+    assert (
+        dec.decode(packets[2]) == []
+        and dec.decode(packets[3]) == []
+        and dec.decode(packets[4]) == []
+    )
     assert dec.dropped == 3
     (frame,) = dec.decode(packets[5])  # the keyframe: back in sync
     assert not dec.waiting_for_keyframe
@@ -88,7 +96,10 @@ def test_garbage_and_raw_bytes() -> None:
         dec.decode(b"\x00\x00\x01\x65" + bytes(range(256)) * 4)
     packets = stream(2)
     # Raw bytes (no Packet): keyframes are recognised from the NAL units.
-    assert len(dec.decode(bytes(packets[0]))) == 1 and len(dec.decode(memoryview(bytes(packets[1])))) == 1
+    assert (
+        len(dec.decode(bytes(packets[0]))) == 1
+        and len(dec.decode(memoryview(bytes(packets[1])))) == 1
+    )
 
 
 def test_corrupt_stills_are_typed() -> None:
@@ -151,14 +162,21 @@ def test_pure_png_reads_every_filter_type(monkeypatch: pytest.MonkeyPatch) -> No
         elif kind == 3:
             f = cur - (left + prev) // 2
         else:
-            pred = [_png._paeth(int(a), int(b), int(c)) for a, b, c in zip(left, prev, upleft, strict=True)]
+            pred = [
+                _png._paeth(int(a), int(b), int(c))
+                for a, b, c in zip(left, prev, upleft, strict=True)
+            ]
             f = cur - np.array(pred)
         rows.append(bytes([kind]) + bytes((f % 256).astype(np.uint8)))
         prev = cur
     import struct
 
     ihdr = struct.pack(">IIBBBBB", 6, 5, 8, 2, 0, 0, 0)
-    data = _png._SIGNATURE + _png._chunk(b"IHDR", ihdr) + _png._chunk(b"IDAT", zlib.compress(b"".join(rows)))
+    data = (
+        _png._SIGNATURE
+        + _png._chunk(b"IHDR", ihdr)
+        + _png._chunk(b"IDAT", zlib.compress(b"".join(rows)))
+    )
     data += _png._chunk(b"IEND", b"")
     assert np.array_equal(_png.decode_png(data), img)
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import scene
 
+from conftest import scene
 from isthmus.frames import (
     BACKENDS,
     BackendUnavailableError,
@@ -44,7 +44,9 @@ def test_probes_find_the_cpu_chain_and_skip_the_gpu(caplog: pytest.LogCaptureFix
     for name in ("nvenc-device", "nvenc-host"):
         if not results[name].ok:  # no GPU here: skipped with the reason logged
             assert results[name].reason
-            assert any(name in rec.getMessage() and "skipped" in rec.getMessage() for rec in caplog.records)
+            assert any(
+                name in rec.getMessage() and "skipped" in rec.getMessage() for rec in caplog.records
+            )
     # Cached: asking again does not re-run the encode.
     assert probe_encoders()[2] is results["x264"]
 
@@ -64,7 +66,9 @@ def test_unknown_or_unavailable_backends_are_typed_errors(monkeypatch: pytest.Mo
         open_encoder("h264", W, H, backend="quicksync")
     with pytest.raises(BackendUnavailableError, match="unknown codec"):
         open_encoder("vp9", W, H)
-    broken = EncoderBackend("broken", "h264", X264Encoder, lambda: (_ for _ in ()).throw(OSError("no device")), "")
+    broken = EncoderBackend(
+        "broken", "h264", X264Encoder, lambda: (_ for _ in ()).throw(OSError("no device")), ""
+    )
     monkeypatch.setitem(BACKENDS, "broken", broken)
     with pytest.raises(BackendUnavailableError, match="no device") as info:
         open_encoder("h264", W, H, backend="broken")
@@ -106,7 +110,11 @@ def test_forced_keyframes_are_idrs_without_resetting_the_encoder() -> None:
     assert requested.keyframe and not after.keyframe and after.pts == 5
     # A decoder that joins at the forced keyframe decodes from there on.
     late = open_decoder("h264")
-    assert len(late.decode(forced)) == 1 and len(late.decode(requested)) == 1 and len(late.decode(after)) == 1
+    assert (
+        len(late.decode(forced)) == 1
+        and len(late.decode(requested)) == 1
+        and len(late.decode(after)) == 1
+    )
 
 
 def test_colour_description_is_in_the_stream() -> None:
@@ -115,7 +123,9 @@ def test_colour_description_is_in_the_stream() -> None:
     ctx = av.CodecContext.create("h264", "r")
     (vf,) = ctx.decode(av.Packet(bytes(key)))
     assert vf.colorspace == 1 and vf.color_range == 1  # BT.709, limited ("MPEG") range
-    full = open_encoder("h264", W, H, backend="x264", fallback=False, color=ColorSpec("bt601", "full"))
+    full = open_encoder(
+        "h264", W, H, backend="x264", fallback=False, color=ColorSpec("bt601", "full")
+    )
     (vf,) = av.CodecContext.create("h264", "r").decode(av.Packet(bytes(full.encode(scene(W, H)))))
     assert vf.colorspace in (5, 6) and vf.color_range == 2
     dec = open_decoder("h264")
@@ -123,7 +133,9 @@ def test_colour_description_is_in_the_stream() -> None:
     assert frame.color == ColorSpec("bt601", "full")
 
 
-@pytest.mark.parametrize("color", [ColorSpec(), ColorSpec("bt601", "full"), ColorSpec(chroma="444")])
+@pytest.mark.parametrize(
+    "color", [ColorSpec(), ColorSpec("bt601", "full"), ColorSpec(chroma="444")]
+)
 def test_colours_survive_encode_and_decode(color: ColorSpec) -> None:
     img = np.zeros((64, 64, 3), np.uint8)
     img[:32, :32] = (230, 30, 30)
@@ -143,7 +155,10 @@ def test_resolution_change_without_a_new_encoder() -> None:
         dec.decode(p)
     small = enc.encode(scene(W // 2, H // 2, 3))  # a smaller frame: e.g. while the user drags
     assert small.keyframe and (small.width, small.height) == (W // 2, H // 2)
-    assert small.config is not None and (small.config.width, small.config.height) == (W // 2, H // 2)
+    assert small.config is not None and (small.config.width, small.config.height) == (
+        W // 2,
+        H // 2,
+    )
     assert small.pts == 3  # the stream goes on
     (frame,) = dec.decode(small)
     assert frame.array.shape == (H // 2, W // 2, 3)
@@ -164,7 +179,12 @@ def test_bitrate_and_quality_control_the_size() -> None:
     low = enc.encode(scene(W, H, 3), keyframe=True).nbytes
     enc.reconfigure(quality=12)
     high = enc.encode(scene(W, H, 4))
-    assert high.keyframe and high.nbytes > low and high.config is not None and high.config.quality == 12
+    assert (
+        high.keyframe
+        and high.nbytes > low
+        and high.config is not None
+        and high.config.quality == 12
+    )
 
 
 def test_odd_sizes_and_bad_frames_are_refused() -> None:
@@ -187,7 +207,9 @@ def test_yuv_input_skips_conversion() -> None:
     yuv = Converter(W, H).convert(scene(W, H))
     enc = open_encoder("h264", W, H, backend="x264", fallback=False)
     a = enc.encode(yuv, keyframe=True)
-    b = open_encoder("h264", W, H, backend="x264", fallback=False).encode(scene(W, H), keyframe=True)
+    b = open_encoder("h264", W, H, backend="x264", fallback=False).encode(
+        scene(W, H), keyframe=True
+    )
     assert bytes(a) == bytes(b)
 
 
@@ -217,7 +239,9 @@ class FailingX264(X264Encoder):
         return super()._encode(frame, keyframe)
 
 
-def test_mid_stream_failure_falls_back_and_forces_a_keyframe(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mid_stream_failure_falls_back_and_forces_a_keyframe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     flaky = EncoderBackend("flaky", "h264", FailingX264, lambda: None, "test double")
     chain = [flaky, BACKENDS["x264"], BACKENDS["jpeg"]]
     enc = FallbackEncoder(chain, W, H)

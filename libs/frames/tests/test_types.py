@@ -100,7 +100,9 @@ def test_color_spec_validates() -> None:
 
 
 def test_stream_config_round_trips() -> None:
-    cfg = StreamConfig("h264", 1920, 1080, ColorSpec("bt709", "limited", "420"), "x264", 60.0, 6_000_000, None)
+    cfg = StreamConfig(
+        "h264", 1920, 1080, ColorSpec("bt709", "limited", "420"), "x264", 60.0, 6_000_000, None
+    )
     assert StreamConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.to_dict()["matrix"] == "bt709" and cfg.to_dict()["range"] == "limited"
 

@@ -22,6 +22,7 @@ from ._convert import (
     yuv_to_rgb_matrix,
 )
 from ._decode import DECODER_BACKENDS, Decoder, open_decoder, probe_decoders
+from ._egl import EGLContext, load_gl
 from ._encode import (
     BACKENDS,
     Encoder,
@@ -40,21 +41,43 @@ from ._errors import (
     FrameFormatError,
     FramesError,
 )
+from ._gl import GL_BACKENDS, GLSource
 from ._h264 import is_keyframe, nal_types
+from ._policy import (
+    ClientState,
+    ClientWindow,
+    Dispatch,
+    EncodeJob,
+    InteractionScaler,
+    KeyframeReason,
+    KeyframeRequester,
+    PolicyError,
+    SettleDetector,
+    StreamPolicy,
+)
+from ._timing import STAGES, FrameTimings, LatencyHistogram, StageSummary
 from ._types import ColorSpec, Frame, Packet, PixelFormat, StreamConfig, as_frame
 from ._version import __version__
+from ._vispy_source import VispyCanvasSource, vispy_egl_app
 
 __all__ = [
     "BACKENDS",
     "DECODER_BACKENDS",
+    "GL_BACKENDS",
+    "STAGES",
     "ArraySource",
     "BackendUnavailableError",
+    "ClientState",
+    "ClientWindow",
     "ColorSpec",
     "ContextLostError",
     "Converter",
     "CorruptPacketError",
     "Decoder",
     "DecoderError",
+    "Dispatch",
+    "EGLContext",
+    "EncodeJob",
     "Encoder",
     "EncoderBackend",
     "EncoderError",
@@ -62,15 +85,27 @@ __all__ = [
     "Frame",
     "FrameFormatError",
     "FrameSource",
+    "FrameTimings",
     "FramesError",
+    "GLSource",
+    "InteractionScaler",
+    "KeyframeReason",
+    "KeyframeRequester",
+    "LatencyHistogram",
     "Packet",
     "PixelFormat",
+    "PolicyError",
     "ProbeResult",
+    "SettleDetector",
+    "StageSummary",
     "StreamConfig",
+    "StreamPolicy",
+    "VispyCanvasSource",
     "__version__",
     "as_frame",
     "available_converters",
     "is_keyframe",
+    "load_gl",
     "nal_types",
     "open_decoder",
     "open_encoder",
@@ -78,6 +113,7 @@ __all__ = [
     "probe_encoders",
     "rgb_to_yuv",
     "rgb_to_yuv_matrix",
+    "vispy_egl_app",
     "yuv_to_rgb",
     "yuv_to_rgb_matrix",
 ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from functools import lru_cache
+from functools import cache
 from typing import Any, Literal
 
 import numpy as np
@@ -36,11 +36,18 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ConverterBackend = Literal["opencv", "numpy", "cupy"]
-_RGB_FAMILY = (PixelFormat.RGB, PixelFormat.BGR, PixelFormat.RGBA, PixelFormat.BGRA, PixelFormat.GRAY)
+DEFAULT_COLOR = ColorSpec()
+_RGB_FAMILY = (
+    PixelFormat.RGB,
+    PixelFormat.BGR,
+    PixelFormat.RGBA,
+    PixelFormat.BGRA,
+    PixelFormat.GRAY,
+)
 _KR_KB = {"bt709": (0.2126, 0.0722), "bt601": (0.299, 0.114)}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cv2() -> Any | None:
     try:
         import cv2
@@ -62,7 +69,7 @@ def available_converters() -> list[str]:
     return names
 
 
-@lru_cache(maxsize=None)
+@cache
 def _matrix(color: ColorSpec) -> npt.NDArray[np.float64]:
     kr, kb = _KR_KB[color.matrix]
     kg = 1.0 - kr - kb
@@ -86,7 +93,9 @@ def _matrix(color: ColorSpec) -> npt.NDArray[np.float64]:
     return out
 
 
-def rgb_to_yuv_matrix(color: ColorSpec = ColorSpec(), order: str = "rgb") -> npt.NDArray[np.float32]:
+def rgb_to_yuv_matrix(
+    color: ColorSpec = DEFAULT_COLOR, order: str = "rgb"
+) -> npt.NDArray[np.float32]:
     """The 3x4 affine matrix taking 8-bit (R, G, B, 1) — or (B, G, R, 1) for ``order="bgr"`` —
     to 8-bit (Y, U, V) for ``color``."""
     m = _matrix(color).copy()
@@ -95,7 +104,7 @@ def rgb_to_yuv_matrix(color: ColorSpec = ColorSpec(), order: str = "rgb") -> npt
     return m.astype(np.float32)
 
 
-def yuv_to_rgb_matrix(color: ColorSpec = ColorSpec()) -> npt.NDArray[np.float32]:
+def yuv_to_rgb_matrix(color: ColorSpec = DEFAULT_COLOR) -> npt.NDArray[np.float32]:
     """The 3x4 affine matrix taking 8-bit (Y, U, V, 1) back to 8-bit (R, G, B)."""
     fwd = _matrix(color)
     inv = np.linalg.inv(fwd[:, :3])
@@ -162,13 +171,17 @@ class Converter:
         if backend is None:
             backend = "opencv" if "opencv" in available else "numpy"
         elif backend == "opencv" and "opencv" not in available:
-            raise BackendUnavailableError("the opencv converter is unavailable", {"opencv": "not importable"})
+            raise BackendUnavailableError(
+                "the opencv converter is unavailable", {"opencv": "not importable"}
+            )
         elif backend not in ("opencv", "numpy", "cupy"):
             raise BackendUnavailableError(f"unknown converter backend {backend!r}")
         self.backend: ConverterBackend = backend
         shape = _yuv_shape(self.dst, width, height)
         self._shape = shape
-        self._pool = BufferPool(int(np.prod(shape)), slots, exhaustion="grow") if backend != "cupy" else None
+        self._pool = (
+            BufferPool(int(np.prod(shape)), slots, exhaustion="grow") if backend != "cupy" else None
+        )
         self._scratch: dict[str, npt.NDArray[np.uint8]] = {}
 
     def _scratch_array(self, name: str, shape: tuple[int, ...]) -> npt.NDArray[np.uint8]:
@@ -185,7 +198,9 @@ class Converter:
         """``frame`` (RGB, BGR, RGBA, BGRA or gray) as a new YUV frame in ``dst`` layout."""
         src = as_frame(frame)
         if src.format not in _RGB_FAMILY:
-            raise FrameFormatError(f"cannot convert {src.format.value} to YUV; expected RGB, BGR, RGBA, BGRA or gray")
+            raise FrameFormatError(
+                f"cannot convert {src.format.value} to YUV; expected RGB, BGR, RGBA, BGRA or gray"
+            )
         if (src.width, src.height) != (self.width, self.height):
             raise FrameFormatError(
                 f"this converter is for {self.width}x{self.height}, got {src.width}x{src.height}"
@@ -194,12 +209,16 @@ class Converter:
             from ._cuda import rgb_to_yuv_device
 
             data = rgb_to_yuv_device(src, self.dst, self.color)
-            return Frame(data, self.dst, self.width, self.height, src.pts, src.timestamp_ns, self.color, True)
+            return Frame(
+                data, self.dst, self.width, self.height, src.pts, src.timestamp_ns, self.color, True
+            )
         if out is None:
             dst = self._output()
         else:
             if out.shape != self._shape or out.dtype != np.uint8:
-                raise FrameFormatError(f"out must be uint8 of shape {self._shape}, got {out.dtype} {out.shape}")
+                raise FrameFormatError(
+                    f"out must be uint8 of shape {self._shape}, got {out.dtype} {out.shape}"
+                )
             dst = out
         if self.backend == "opencv":
             self._convert_cv2(src, dst)
@@ -225,7 +244,9 @@ class Converter:
         if src.format in (PixelFormat.RGBA, PixelFormat.BGRA):
             # cv2.transform has no fast path for four channels: drop alpha first (0.3 ms).
             img = cv2.cvtColor(img, cv2.COLOR_RGBA2RGB, dst=self._scratch_array("rgb", (h, w, 3)))
-        yuv = cv2.transform(img, rgb_to_yuv_matrix(self.color, order), dst=self._scratch_array("yuv", (h, w, 3)))
+        yuv = cv2.transform(
+            img, rgb_to_yuv_matrix(self.color, order), dst=self._scratch_array("yuv", (h, w, 3))
+        )
         if self.dst is PixelFormat.YUV444:
             cv2.split(yuv, list(planes))
             return
@@ -244,7 +265,9 @@ class Converter:
     def _convert_numpy(self, src: Frame, dst: npt.NDArray[np.uint8]) -> None:
         w, h = self.width, self.height
         planes = _planes(dst, self.dst, w, h)
-        m = rgb_to_yuv_matrix(self.color, "bgr" if src.format in (PixelFormat.BGR, PixelFormat.BGRA) else "rgb")
+        m = rgb_to_yuv_matrix(
+            self.color, "bgr" if src.format in (PixelFormat.BGR, PixelFormat.BGRA) else "rgb"
+        )
         img = src.array
         if src.format is PixelFormat.GRAY:
             rgb = np.repeat(img[:, :, None].astype(np.float32), 3, axis=2)

@@ -85,7 +85,9 @@ def rgb_to_yuv_device(src: Frame, dst: PixelFormat, color: ColorSpec) -> Any:
     if dst is PixelFormat.YUV444:
         out = cupy.empty((3, h, w), cupy.uint8)
         grid = ((w + 15) // 16, (h + 15) // 16, 1)
-        module.get_function("rgb_to_yuv444")(grid, block, (arr, np.int64(pitch), np.int32(ch), np.int32(w), np.int32(h), m, out))
+        module.get_function("rgb_to_yuv444")(
+            grid, block, (arr, np.int64(pitch), np.int32(ch), np.int32(w), np.int32(h), m, out)
+        )
         return out
     out = cupy.empty((h * 3 // 2, w), cupy.uint8)
     flat = out.ravel()
@@ -96,5 +98,9 @@ def rgb_to_yuv_device(src: Frame, dst: PixelFormat, color: ColorSpec) -> Any:
     else:
         u, v, step = flat[w * h : w * h + q], flat[w * h + q :], 1
     grid = ((w // 2 + 15) // 16, (h // 2 + 15) // 16, 1)
-    module.get_function("rgb_to_yuv420")(grid, block, (arr, np.int64(pitch), np.int32(ch), np.int32(w), np.int32(h), m, y, u, v, np.int32(step)))
+    module.get_function("rgb_to_yuv420")(
+        grid,
+        block,
+        (arr, np.int64(pitch), np.int32(ch), np.int32(w), np.int32(h), m, y, u, v, np.int32(step)),
+    )
     return out

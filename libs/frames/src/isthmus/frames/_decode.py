@@ -157,7 +157,9 @@ class PyAVH264Decoder(Decoder):
         )
         plane = rgb.planes[0]
         # A view over the frame's own plane (rows may be padded): no copy.
-        arr = np.frombuffer(plane, np.uint8).reshape(h, plane.line_size)[:, : w * 3].reshape(h, w, 3)
+        arr = (
+            np.frombuffer(plane, np.uint8).reshape(h, plane.line_size)[:, : w * 3].reshape(h, w, 3)
+        )
         return Frame(arr, PixelFormat.RGB, w, h, pts, time.monotonic_ns(), color)
 
     def close(self) -> None:
@@ -193,7 +195,16 @@ class NvdecDecoder(Decoder):
         for df in self._dec.Decode(pkt):
             arr = cupy.from_dlpack(df)
             h = arr.shape[0] * 2 // 3
-            frames.append(Frame(arr, PixelFormat.NV12, arr.shape[1], h, packet.pts if packet else 0, on_device=True))
+            frames.append(
+                Frame(
+                    arr,
+                    PixelFormat.NV12,
+                    arr.shape[1],
+                    h,
+                    packet.pts if packet else 0,
+                    on_device=True,
+                )
+            )
         return frames
 
 
@@ -211,7 +222,9 @@ class JpegDecoder(Decoder):
 
     def _decode(self, data: memoryview, packet: Packet | None) -> list[Frame]:
         try:
-            arr = self._sj.decode_jpeg(bytes(data), colorspace="RGB", fastdct=True, fastupsample=True)
+            arr = self._sj.decode_jpeg(
+                bytes(data), colorspace="RGB", fastdct=True, fastupsample=True
+            )
         except ValueError as exc:
             raise CorruptPacketError(f"corrupt JPEG: {exc}") from exc
         h, w = arr.shape[:2]
@@ -317,7 +330,9 @@ def probe_decoders() -> dict[str, str]:
     return dict(_PROBED)
 
 
-def open_decoder(codec: str, *, backend: str | None = None, output: Output = "rgb", **options: Any) -> Decoder:
+def open_decoder(
+    codec: str, *, backend: str | None = None, output: Output = "rgb", **options: Any
+) -> Decoder:
     """Open the best decoder for ``codec`` (``"h264"``, ``"jpeg"``, ``"png"``, or ``"auto"``,
     which dispatches on each packet's codec).  NVDEC is preferred where it probes well; its
     frames stay on the GPU, so pass ``backend="pyav"`` for host RGB frames regardless."""

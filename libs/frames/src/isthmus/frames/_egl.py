@@ -135,9 +135,14 @@ class EGLContext:
 
     The context is made current on the calling thread (``make_current=True``), with :attr:`fbo`
     bound as the draw and read framebuffer and the viewport covering it, so GL calls that follow
-    render into it.  The colour attachment is an RGBA8 texture (:attr:`color_texture`) or, with
+    render into it; with ``make_current=False`` whatever context was current stays current.
+    The colour attachment is an RGBA8 texture (:attr:`color_texture`) or, with
     ``color="renderbuffer"``, a renderbuffer (:attr:`color_renderbuffer`); a 24-bit depth /
-    8-bit stencil renderbuffer is attached too.
+    8-bit stencil renderbuffer is attached too (``depth=False`` leaves it out).
+
+    The display is shared with everything else in the process that uses the same EGL platform
+    (vispy's EGL backend included); it is terminated on :meth:`close` only if this module
+    initialised it and no other :class:`EGLContext` or vispy still uses it.
 
     ``gl_version`` and ``profile`` pick the context (Mesa's llvmpipe offers 4.5 core and
     compatibility); if the driver refuses them, the driver's default context is used and the
@@ -181,6 +186,7 @@ class EGLContext:
         self._surface: Any = None
         self._ctx: Any = None
         self._lock = threading.Lock()
+        previous = _current_binding(self._egl)
         reasons: dict[str, str] = {}
         order = ("surfaceless", "pbuffer") if platform == "auto" else (platform,)
         for name in order:
@@ -213,6 +219,8 @@ class EGLContext:
             raise
         if not make_current:
             self.release_current()
+            if previous is not None:  # leave the caller's context as it was
+                self._egl.eglMakeCurrent(*previous)
 
     # --- EGL ---------------------------------------------------------------------------------
     def _open(self, platform: str, gl_version: tuple[int, int], profile: Profile) -> None:
@@ -222,6 +230,11 @@ class EGLContext:
             if b"EGL_MESA_platform_surfaceless" not in client_ext:
                 raise FramesError("EGL_MESA_platform_surfaceless is not offered")
             dpy = egl.eglGetPlatformDisplay(_EGL_PLATFORM_SURFACELESS_MESA, None, None)
+            if not pointer_value(dpy) and not _pyopengl_uses_egl():
+                raise FramesError(
+                    "no surfaceless display: PyOpenGL was imported with a non-EGL platform "
+                    "(set PYOPENGL_PLATFORM=egl before importing OpenGL)"
+                )
         else:
             if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
                 # Mesa would otherwise try X11 for the default display and fail.
@@ -268,7 +281,9 @@ class EGLContext:
                 dpy, config, egl.EGL_NO_CONTEXT, (egl.EGLint * len(wanted))(*wanted)
             )
         except Exception as exc:  # PyOpenGL raises EGLError on failure
-            log.info("OpenGL %s %s context refused (%s); using the default", gl_version, profile, exc)
+            log.info(
+                "OpenGL %s %s context refused (%s); using the default", gl_version, profile, exc
+            )
         if not pointer_value(ctx):
             ctx = egl.eglCreateContext(dpy, config, egl.EGL_NO_CONTEXT, None)
         if not pointer_value(ctx):
@@ -278,9 +293,7 @@ class EGLContext:
             # The framebuffer object is the render target; the pbuffer only makes the context
             # current where surfaceless contexts are not supported.
             pattrs = [egl.EGL_WIDTH, 1, egl.EGL_HEIGHT, 1, egl.EGL_NONE]
-            surface = egl.eglCreatePbufferSurface(
-                dpy, config, (egl.EGLint * len(pattrs))(*pattrs)
-            )
+            surface = egl.eglCreatePbufferSurface(dpy, config, (egl.EGLint * len(pattrs))(*pattrs))
             if not pointer_value(surface):
                 raise FramesError("eglCreatePbufferSurface failed")
             self._surface = surface

@@ -97,7 +97,11 @@ class Encoder(abc.ABC):
     def _check_size(self, width: int, height: int, color: ColorSpec | None) -> None:
         if width <= 0 or height <= 0:
             raise FrameFormatError(f"empty frame size {width}x{height}")
-        if (color is None or color.chroma == "420") and not self.intra_only and (width % 2 or height % 2):
+        if (
+            (color is None or color.chroma == "420")
+            and not self.intra_only
+            and (width % 2 or height % 2)
+        ):
             raise FrameFormatError(f"4:2:0 video needs even dimensions, got {width}x{height}")
 
     @property
@@ -180,7 +184,7 @@ class Encoder(abc.ABC):
     def _encode(self, frame: Frame, keyframe: bool) -> tuple[Any, bool]:
         """(payload, is_keyframe) for one frame."""
 
-    def _reconfigure(self, *, size_changed: bool) -> None:
+    def _reconfigure(self, *, size_changed: bool) -> None:  # noqa: B027 - optional hook
         """Apply the new size/bitrate/quality; stills have nothing to do."""
 
     def close(self) -> None:
@@ -256,7 +260,8 @@ class EncoderBackend:
 def _av() -> Any:
     import av
 
-    av.logging.set_level(av.logging.ERROR)  # FFmpeg's own chatter would flood stderr
+    # PyAV leaves FFmpeg's log callback off by default, and so do we: with it on, a log line
+    # from a codec's worker thread needs the GIL, which can deadlock threaded decoding.
     return av
 
 
@@ -314,7 +319,9 @@ class _PyAVH264(Encoder):
         if frame.format.is_yuv:
             want = PixelFormat.YUV444 if self.color.chroma == "444" else PixelFormat.I420
             if frame.format is not want:
-                raise FrameFormatError(f"this encoder takes {want.value} or RGB frames, not {frame.format.value}")
+                raise FrameFormatError(
+                    f"this encoder takes {want.value} or RGB frames, not {frame.format.value}"
+                )
             if frame.on_device:
                 import cupy
 
@@ -345,7 +352,9 @@ class _PyAVH264(Encoder):
             vf.pict_type = av.video.frame.PictureType.I
         packets = self._ctx.encode(vf)
         if len(packets) != 1:
-            raise EncoderError(f"{self.backend} returned {len(packets)} packets for one frame (expected 1)")
+            raise EncoderError(
+                f"{self.backend} returned {len(packets)} packets for one frame (expected 1)"
+            )
         (pkt,) = packets
         return memoryview(pkt), bool(pkt.is_keyframe)
 
@@ -456,7 +465,9 @@ class NvencDeviceEncoder(Encoder):
         else:
             import cupy
 
-            host = Converter(self.width, self.height, dst=PixelFormat.NV12, color=self.color).convert(frame)
+            host = Converter(
+                self.width, self.height, dst=PixelFormat.NV12, color=self.color
+            ).convert(frame)
             nv12 = cupy.asarray(host.array)
         flags = getattr(self._nvc, "NV_ENC_PIC_FLAGS", None)
         if keyframe and flags is not None:
@@ -517,11 +528,13 @@ class JpegEncoder(Encoder):
 
     def _encode(self, frame: Frame, keyframe: bool) -> tuple[Any, bool]:
         arr, order = _host_rgb(frame)
-        colorspace = {"rgb": "RGB", "bgr": "BGR", "rgba": "RGBA", "bgra": "BGRA", "gray": "GRAY"}[order]
+        colorspace = {"rgb": "RGB", "bgr": "BGR", "rgba": "RGBA", "bgra": "BGRA", "gray": "GRAY"}[
+            order
+        ]
         if colorspace == "GRAY" and arr.ndim == 2:
             arr = arr[:, :, None]
         sub = "444" if self.color.chroma == "444" else "420"
-        if arr.strides[0] < 0 or not arr.flags.c_contiguous and arr.strides[1] != arr.shape[2]:
+        if arr.strides[0] < 0 or (not arr.flags.c_contiguous and arr.strides[1] != arr.shape[2]):
             arr = np.ascontiguousarray(arr)
         data = self._sj.encode_jpeg(
             arr,
@@ -573,16 +586,23 @@ def _probe_with(cls: type[Encoder], **kwargs: Any) -> Callable[[], None]:
         if not issubclass(cls, _PyAVH264):
             _probe_encode(cls, **kwargs)
             return
-        # FFmpeg logs an absent GPU as an error; during a probe that is expected, so its lines
-        # go into the probe's reason instead of stderr.
-        with _av().logging.Capture() as logs:
-            try:
-                _probe_encode(cls, **kwargs)
-            except Exception as exc:
-                detail = "; ".join(str(line[2]).strip() for line in logs if line[2])
-                # FFmpeg's own log line says why ("Cannot load libcuda.so.1"); the exception
-                # repeats the whole option dict.
-                raise EncoderError(f"{cls.codec_name}: {detail}" if detail else str(exc)) from exc
+        # FFmpeg logs why a codec failed to open ("Cannot load libcuda.so.1"); during a probe
+        # that line is captured into the probe's reason (logging is on only for the probe).
+        logging_ = _av().logging
+        previous = logging_.get_level()
+        logging_.set_level(logging_.ERROR)
+        try:
+            with logging_.Capture() as logs:
+                try:
+                    _probe_encode(cls, **kwargs)
+                except Exception as exc:
+                    detail = "; ".join(str(line[2]).strip() for line in logs if line[2])
+                    # The exception itself repeats the whole option dict.
+                    raise EncoderError(
+                        f"{cls.codec_name}: {detail}" if detail else str(exc)
+                    ) from exc
+        finally:
+            logging_.set_level(previous)
 
     return probe
 
@@ -632,7 +652,9 @@ BACKENDS: dict[str, EncoderBackend] = {
             "libx264 via PyAV, OpenCV colour conversion",
             prepare=_av,
         ),
-        EncoderBackend("jpeg", "jpeg", JpegEncoder, _probe_with(JpegEncoder), "JPEG via simplejpeg"),
+        EncoderBackend(
+            "jpeg", "jpeg", JpegEncoder, _probe_with(JpegEncoder), "JPEG via simplejpeg"
+        ),
         EncoderBackend("png", "png", PngEncoder, _probe_with(PngEncoder), "lossless PNG stills"),
     )
 }
@@ -660,10 +682,9 @@ class FallbackEncoder(Encoder):
     resynchronise at once (``Packet.codec`` and ``Packet.backend`` say what changed).
     """
 
-    backend = "fallback"
-    codec = "auto"
-
-    def __init__(self, chain: Sequence[EncoderBackend], width: int, height: int, **options: Any) -> None:
+    def __init__(
+        self, chain: Sequence[EncoderBackend], width: int, height: int, **options: Any
+    ) -> None:
         self._chain = list(chain)
         self._options = options
         self._inner: Encoder | None = None
@@ -693,7 +714,8 @@ class FallbackEncoder(Encoder):
             return
         self._inner = None
         raise BackendUnavailableError(
-            "no encoder backend is available: " + "; ".join(f"{k}: {v}" for k, v in reasons.items()),
+            "no encoder backend is available: "
+            + "; ".join(f"{k}: {v}" for k, v in reasons.items()),
             reasons,
         )
 
@@ -799,15 +821,22 @@ def open_encoder(
     """
     if backend is not None:
         if backend not in BACKENDS:
-            raise BackendUnavailableError(f"unknown encoder backend {backend!r}; known: {', '.join(BACKENDS)}")
+            raise BackendUnavailableError(
+                f"unknown encoder backend {backend!r}; known: {', '.join(BACKENDS)}"
+            )
         b = BACKENDS[backend]
         result = b.probe()
         if not result.ok:
-            raise BackendUnavailableError(f"encoder backend {backend} is unavailable: {result.reason}", {backend: result.reason})
+            raise BackendUnavailableError(
+                f"encoder backend {backend} is unavailable: {result.reason}",
+                {backend: result.reason},
+            )
         if not fallback:
             return b.open(width, height, **options)
         names = list(BACKENDS)
-        chain = [b] + [x for x in list(BACKENDS.values())[names.index(backend) + 1 :] if x.codec == b.codec]
+        chain = [b] + [
+            x for x in list(BACKENDS.values())[names.index(backend) + 1 :] if x.codec == b.codec
+        ]
         return FallbackEncoder(chain, width, height, **options)
     chain = _chain(codec)
     if fallback:

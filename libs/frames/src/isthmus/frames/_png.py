@@ -38,7 +38,10 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def encode_png(arr: np.ndarray[Any, Any], order: str = "rgb", *, level: int = 1) -> bytes:
-    """PNG bytes of an (H, W), (H, W, 3) or (H, W, 4) uint8 array in ``order`` (rgb/bgr/rgba/bgra/gray)."""
+    """PNG bytes of an (H, W), (H, W, 3) or (H, W, 4) uint8 array.
+
+    ``order`` is the channel order: rgb, bgr, rgba, bgra or gray.
+    """
     if arr.dtype != np.uint8 or arr.ndim not in (2, 3):
         raise FrameFormatError(f"PNG takes uint8 (H, W[, C]) arrays, got {arr.dtype} {arr.shape}")
     cv2 = _cv2()
@@ -83,7 +86,9 @@ def _paeth(a: int, b: int, c: int) -> int:
 def _unfilter(raw: bytes, h: int, stride: int, bpp: int) -> np.ndarray[Any, Any]:
     data = np.frombuffer(raw, np.uint8)
     if data.size != h * (stride + 1):
-        raise CorruptPacketError(f"PNG image data is {data.size} bytes, expected {h * (stride + 1)}")
+        raise CorruptPacketError(
+            f"PNG image data is {data.size} bytes, expected {h * (stride + 1)}"
+        )
     rows = data.reshape(h, stride + 1)
     out = np.zeros((h, stride), np.uint8)
     prev = np.zeros(stride, np.uint8)
@@ -151,7 +156,10 @@ def decode_png(data: bytes | bytearray | memoryview) -> np.ndarray[Any, Any]:
         raise CorruptPacketError("PNG without IHDR")
     w, h, depth, ctype, _, _, interlace = header
     if depth != 8 or ctype not in _CHANNELS or interlace:
-        raise FrameFormatError(f"only 8-bit non-interlaced gray/RGB/RGBA PNG is supported (depth {depth}, type {ctype})")
+        raise FrameFormatError(
+            "only 8-bit non-interlaced gray/RGB/RGBA PNG is supported"
+            f" (depth {depth}, type {ctype})"
+        )
     c = _CHANNELS[ctype]
     try:
         raw = zlib.decompress(b"".join(idat))

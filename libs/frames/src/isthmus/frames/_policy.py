@@ -369,7 +369,8 @@ class StreamPolicy(Generic[F, C]):
 
     def _keyframe_allowed(self, now: float) -> bool:
         last = self._last_key_at
-        return last is None or now - last >= self.min_keyframe_interval
+        # The same sum as wake_at(), so a timer set for wake_at() always finds it due.
+        return last is None or now >= last + self.min_keyframe_interval
 
     def next_encode(self) -> EncodeJob[F] | None:
         """The next frame to encode and whether it must be a keyframe, or None when there is
@@ -511,7 +512,7 @@ class KeyframeRequester:
         ``timeout`` seconds until a keyframe arrives.  A True answer counts as sent."""
         if not self.waiting:
             return False
-        if self._requested_at is not None and now - self._requested_at < self.timeout:
+        if self._requested_at is not None and now < self._requested_at + self.timeout:
             return False
         self._requested_at = now
         self.requests += 1
@@ -568,7 +569,7 @@ class SettleDetector:
 
     def settled(self, now: float) -> bool:
         """Whether nothing has changed for ``settle_after`` seconds."""
-        return self._changed_at is None or now - self._changed_at >= self.settle_after
+        return self._changed_at is None or now >= self._changed_at + self.settle_after
 
     def poll(self, now: float) -> bool:
         """True once when the scene has just settled: time to send the high-quality still."""

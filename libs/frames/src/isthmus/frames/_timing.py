@@ -21,7 +21,7 @@ __all__ = [
 ]
 
 #: The stages a :class:`FrameTimings` lists first, in this order.
-STAGES = ("capture", "convert", "encode", "decode")
+STAGES: tuple[str, ...] = ("capture", "convert", "encode", "decode")
 
 SUB_BITS = 7
 _SUB = 1 << SUB_BITS
@@ -55,16 +55,17 @@ class LatencyHistogram:
             raise ValueError(f"a duration cannot be negative: {ns} ns")
         shift = ns.bit_length() - _EXACT_BITS
         index = ns if shift <= 0 else (shift << SUB_BITS) + (ns >> shift)
+        # Extremes first: a reader that sees the count then always sees them set.
+        if ns > self._max:
+            self._max = ns
+        if ns < self._min or self._min < 0:
+            self._min = ns
+        self._total += ns
         counts = self._counts
         if index >= len(counts):
             # Grows only to the largest bucket seen: 64-bit values need fewer than 8000.
             counts.extend([0] * (index + 1 - len(counts)))
         counts[index] += 1
-        self._total += ns
-        if ns > self._max:
-            self._max = ns
-        if ns < self._min or self._min < 0:
-            self._min = ns
 
     def record(self, seconds: float) -> None:
         """Add one duration in seconds."""
@@ -124,7 +125,11 @@ class LatencyHistogram:
     @staticmethod
     def _value_at(ends: list[int], rank: int, lo_v: int, hi_v: int) -> float:
         """An estimate of the ``rank``-th smallest value (0-based): its bucket's midpoint,
-        clamped to the exact minimum and maximum."""
+        clamped to the exact minimum and maximum (which are returned as they are)."""
+        if rank == 0:
+            return float(lo_v)
+        if rank >= ends[-1] - 1:
+            return float(hi_v)
         # Binary search for the first bucket whose cumulative count exceeds rank.
         lo, hi = 0, len(ends) - 1
         while lo < hi:

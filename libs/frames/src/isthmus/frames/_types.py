@@ -116,7 +116,9 @@ class StreamConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StreamConfig:
         """The inverse of :meth:`to_dict`."""
-        color = ColorSpec(data.get("matrix", "bt709"), data.get("range", "limited"), data.get("chroma", "420"))
+        color = ColorSpec(
+            data.get("matrix", "bt709"), data.get("range", "limited"), data.get("chroma", "420")
+        )
         return cls(
             codec=str(data["codec"]),
             width=int(data["width"]),
@@ -218,9 +220,7 @@ def _expected_shape(fmt: PixelFormat, shape: tuple[int, ...]) -> tuple[int, int]
             raise FrameFormatError(f"a yuv444 frame is (3, H, W), got shape {shape}")
         return shape[2], shape[1]
     if len(shape) != 3 or shape[2] != fmt.channels:
-        raise FrameFormatError(
-            f"a {fmt.value} frame is (H, W, {fmt.channels}), got shape {shape}"
-        )
+        raise FrameFormatError(f"a {fmt.value} frame is (H, W, {fmt.channels}), got shape {shape}")
     return shape[1], shape[0]
 
 
