@@ -213,3 +213,24 @@ def test_device_frames_convert_on_the_gpu() -> None:
             else Converter(64, 32, dst="nv12", backend="numpy").convert(img).array
         )
         assert np.abs(cupy.asnumpy(dev.data).astype(int) - ref.astype(int)).max() <= 1
+
+
+@pytest.mark.skipif("opencv" not in BACKENDS, reason="the band split is the OpenCV backend's")
+@pytest.mark.parametrize("fmt", ["rgb", "bgra"])
+@pytest.mark.parametrize("dst", ["i420", "nv12", "yuv444"])
+def test_large_frames_convert_in_bands_with_the_same_result(fmt: str, dst: str) -> None:
+    img = scene(1280, 722, 9)  # 722 rows: the bands do not divide the height evenly
+    if fmt == "bgra":
+        src = as_frame(
+            np.ascontiguousarray(np.concatenate([img[:, :, ::-1], img[:, :, :1]], axis=2)), "bgra"
+        )
+    else:
+        src = as_frame(img)
+    conv = Converter(1280, 722, dst=dst, backend="opencv")
+    assert conv._bands > 1 or len(__import__("os").sched_getaffinity(0)) == 1
+    banded = conv.convert(src).array
+    whole = Converter(1280, 722, dst=dst, backend="numpy").convert(img).array
+    assert np.abs(banded.astype(int) - whole.astype(int)).max() <= 1
+    conv.close()
+    conv.close()  # idempotent; the band threads are gone
+    assert conv._threads is None

@@ -2,12 +2,14 @@
 
 These render real frames (Mesa's surfaceless EGL platform renders with llvmpipe without a GPU
 or display) and check the exact pixels that come back.  They skip when PyOpenGL or EGL is
-missing; the CUDA-GL test needs a GPU.
+missing, unless ISTHMUS_REQUIRE_GL=1 (CI sets it), which makes a missing GL a failure; the
+CUDA-GL test needs a GPU.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import sys
 import time
@@ -30,11 +32,17 @@ BL, BR = (0, 0, 255, 128), (10, 200, 30, 255)
 CPU_BACKENDS = ("pbo", "readpixels")
 
 
+def _skip(reason: str) -> None:
+    if os.environ.get("ISTHMUS_REQUIRE_GL") == "1":
+        pytest.fail(f"ISTHMUS_REQUIRE_GL=1 but {reason}")
+    pytest.skip(reason)
+
+
 def _load() -> tuple[Any, Any]:
     try:
         return load_gl()  # before anything imports OpenGL, so PyOpenGL picks its EGL platform
     except BackendUnavailableError as exc:
-        pytest.skip(f"PyOpenGL/EGL unavailable: {exc}")
+        _skip(f"PyOpenGL/EGL unavailable: {exc}")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +51,7 @@ def gl() -> Any:
     try:
         EGLContext(4, 4).close()  # PyOpenGL without a usable libEGL/Mesa: skip, don't fail
     except BackendUnavailableError as exc:
-        pytest.skip(f"no headless EGL context here: {exc}")
+        _skip(f"no headless EGL context here: {exc}")
     return module
 
 
@@ -52,7 +60,7 @@ def ctx(gl: Any) -> Iterator[EGLContext]:
     try:
         context = EGLContext(W, H)
     except BackendUnavailableError as exc:
-        pytest.skip(f"no headless EGL context here: {exc}")
+        _skip(f"no headless EGL context here: {exc}")
     with context:
         yield context
 
@@ -389,7 +397,7 @@ def test_vispy_canvas_source_returns_the_drawn_colours() -> None:
     try:
         src = VispyCanvasSource(size=(W, H), bgcolor=(0, 0, 1, 1))
     except BackendUnavailableError as exc:
-        pytest.skip(f"vispy's EGL backend cannot start here: {exc}")
+        _skip(f"vispy's EGL backend cannot start here: {exc}")
     from vispy import scene
 
     with src:
@@ -421,7 +429,7 @@ def test_vispy_canvas_source_formats_and_wrapping() -> None:
     try:
         app = vispy_egl_app()
     except BackendUnavailableError as exc:
-        pytest.skip(f"vispy's EGL backend cannot start here: {exc}")
+        _skip(f"vispy's EGL backend cannot start here: {exc}")
     from vispy import scene
 
     canvas = scene.SceneCanvas(size=(W, H), app=app, show=False, bgcolor=(1, 0, 0, 1))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from typing import Any, Literal
 
@@ -183,6 +184,11 @@ class Converter:
             BufferPool(int(np.prod(shape)), slots, exhaustion="grow") if backend != "cupy" else None
         )
         self._scratch: dict[str, npt.NDArray[np.uint8]] = {}
+        # OpenCV releases the GIL, so horizontal bands convert in parallel (1.5 -> 0.8 ms for
+        # 1080p on 2 cores). Small frames are not worth a thread hand-off.
+        cpus = len(os.sched_getaffinity(0))
+        self._bands = min(cpus, 4) if backend == "opencv" and width * height >= 640 * 480 else 1
+        self._threads: ThreadPoolExecutor | None = None
 
     def _scratch_array(self, name: str, shape: tuple[int, ...]) -> npt.NDArray[np.uint8]:
         arr = self._scratch.get(name)
@@ -221,37 +227,71 @@ class Converter:
                 )
             dst = out
         if self.backend == "opencv":
-            self._convert_cv2(src, dst)
+            self._convert_cv2_bands(src, dst)
         else:
             self._convert_numpy(src, dst)
         return Frame(dst, self.dst, self.width, self.height, src.pts, src.timestamp_ns, self.color)
 
     # -- backends ------------------------------------------------------------------------------
 
-    def _convert_cv2(self, src: Frame, dst: npt.NDArray[np.uint8]) -> None:
+    def _convert_cv2_bands(self, src: Frame, dst: npt.NDArray[np.uint8]) -> None:
+        planes = _planes(dst, self.dst, self.width, self.height)
+        if self._bands == 1 or src.format is PixelFormat.GRAY:
+            self._convert_cv2(src.array, src.format, planes, 0, self.height)
+            return
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(self._bands, thread_name_prefix="isthmus-convert")
+        step = (self.height // self._bands) & ~1  # even rows per band, for 4:2:0
+        bounds = [(i * step, (i + 1) * step) for i in range(self._bands)]
+        bounds[-1] = (bounds[-1][0], self.height)
+        jobs = [
+            self._threads.submit(self._convert_cv2, src.array, src.format, planes, a, b)
+            for a, b in bounds[1:]
+        ]
+        self._convert_cv2(src.array, src.format, planes, *bounds[0])
+        for job in jobs:
+            job.result()
+
+    def _convert_cv2(
+        self,
+        whole: npt.NDArray[np.uint8],
+        fmt: PixelFormat,
+        all_planes: tuple[npt.NDArray[np.uint8], ...],
+        top: int,
+        bottom: int,
+    ) -> None:
+        """Convert rows [top, bottom) of ``whole`` into the same rows of ``all_planes``."""
         cv2 = _cv2()
         assert cv2 is not None
-        w, h = self.width, self.height
-        planes = _planes(dst, self.dst, w, h)
-        img = src.array
-        if src.format is PixelFormat.GRAY:
+        w, h = self.width, bottom - top
+        full = self.dst is PixelFormat.YUV444
+        planes = tuple(
+            p[top:bottom] if i == 0 or full else p[top // 2 : bottom // 2]
+            for i, p in enumerate(all_planes)
+        )
+        img = whole[top:bottom]
+        tag = f"{top}"
+        if fmt is PixelFormat.GRAY:
             m = _matrix(self.color)
             cv2.convertScaleAbs(img, planes[0], float(m[0].sum() - m[0, 3]), float(m[0, 3]))
             for chroma in planes[1:]:
                 chroma[...] = 128
             return
-        order = "bgr" if src.format in (PixelFormat.BGR, PixelFormat.BGRA) else "rgb"
-        if src.format in (PixelFormat.RGBA, PixelFormat.BGRA):
+        order = "bgr" if fmt in (PixelFormat.BGR, PixelFormat.BGRA) else "rgb"
+        if fmt in (PixelFormat.RGBA, PixelFormat.BGRA):
             # cv2.transform has no fast path for four channels: drop alpha first (0.3 ms).
-            img = cv2.cvtColor(img, cv2.COLOR_RGBA2RGB, dst=self._scratch_array("rgb", (h, w, 3)))
+            rgb = self._scratch_array("rgb" + tag, (h, w, 3))
+            img = cv2.cvtColor(img, cv2.COLOR_RGBA2RGB, dst=rgb)
         yuv = cv2.transform(
-            img, rgb_to_yuv_matrix(self.color, order), dst=self._scratch_array("yuv", (h, w, 3))
+            img,
+            rgb_to_yuv_matrix(self.color, order),
+            dst=self._scratch_array("yuv" + tag, (h, w, 3)),
         )
-        if self.dst is PixelFormat.YUV444:
+        if full:
             cv2.split(yuv, list(planes))
             return
-        u_full = self._scratch_array("u", (h, w))
-        v_full = self._scratch_array("v", (h, w))
+        u_full = self._scratch_array("u" + tag, (h, w))
+        v_full = self._scratch_array("v" + tag, (h, w))
         cv2.split(yuv, [planes[0], u_full, v_full])
         half = (w // 2, h // 2)
         if self.dst is PixelFormat.I420:
@@ -290,7 +330,11 @@ class Converter:
             planes[1][...] = chroma
 
     def close(self) -> None:
-        """Drop the scratch memory and close the pool (frames still held keep their slots)."""
+        """Stop the band threads, drop the scratch memory and close the pool (frames still held
+        keep their slots); idempotent."""
+        if self._threads is not None:
+            self._threads.shutdown(wait=True)
+            self._threads = None
         self._scratch.clear()
         if self._pool is not None:
             self._pool.close()
