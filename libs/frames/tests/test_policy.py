@@ -582,6 +582,9 @@ class PolicyMachine(RuleBasedStateMachine):
     def encode_fails(self) -> None:
         self.encoder.popleft()
         self.policy.encode_failed()
+        # Jobs already in the encoder were planned on top of the lost one (a P-frame after a
+        # keyframe that never came): the clients may rightly skip them.
+        self._disturb()
 
     @precondition(lambda self: any(d.received for d in self.decoders.values()))
     @rule(data=st.data())
