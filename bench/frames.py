@@ -162,7 +162,24 @@ def _encode_makers(
         yuv = [conv.convert(img) for img in imgs]
         return lambda i: enc.encode(yuv[i])
 
-    return {"ours": ours, "naive": naive, "convert": convert, "x264 only": x264_only}
+    makers = {"ours": ours, "naive": naive, "convert": convert, "x264 only": x264_only}
+    # The GPU paths run only where they probe well (an NVENC-capable GPU); no figure otherwise.
+    from isthmus.frames import BACKENDS
+
+    for gpu in ("nvenc-device", "nvenc-host"):
+        if BACKENDS[gpu].probe().ok:
+
+            def nvenc(name: str = gpu) -> Callable[[int], Any]:
+                enc = open_encoder("h264", w, h, backend=name, fallback=False)
+                if name == "nvenc-device":
+                    import cupy
+
+                    dev = [cupy.asarray(img) for img in imgs]
+                    return lambda i: enc.encode(dev[i])
+                return lambda i: enc.encode(imgs[i])
+
+            makers[gpu] = nvenc
+    return makers
 
 
 def bench_encode(ui: Any, repeats: int, frames: int) -> dict[str, Any]:
@@ -170,8 +187,8 @@ def bench_encode(ui: Any, repeats: int, frames: int) -> dict[str, Any]:
     for label, w, h, kind in ENCODE_CASES:
         scene = Scene(w, h, kind=kind)
         imgs = [scene.frame(t) for t in range(frames + 3)]
-        runs: dict[str, list[float]] = {"ours": [], "naive": [], "convert": [], "x264 only": []}
         makers = _encode_makers(w, h, imgs)
+        runs: dict[str, list[float]] = {k: [] for k in makers}
         keys = list(makers)
         with ui.task(f"encode {label}: {len(keys)} contenders x {repeats} repeats", repeats) as adv:
             for rep in range(repeats):
@@ -392,6 +409,9 @@ def tables(r: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(_row(f"{label} naive PyAV (swscale + x264)", runs["naive"], runs["naive"]))
         rows.append(_row(f"{label} ours: convert only", runs["convert"]))
         rows.append(_row(f"{label} ours: x264 only (pre-converted)", runs["x264 only"]))
+        for gpu in ("nvenc-device", "nvenc-host"):
+            if gpu in runs:
+                rows.append(_row(f"{label} ours: {gpu}", runs[gpu], runs["naive"]))
     out.append(
         {
             "title": "Encode: RGB frame -> H.264 packet (ms per frame)",

@@ -129,3 +129,33 @@ def test_array_source_from_callable() -> None:
     src = ArraySource(lambda: img, format="bgra")
     frame = src.read()
     assert isinstance(frame, Frame) and frame.format is PixelFormat.BGRA and src.backend == "array"
+
+
+def test_host_dlpack_objects_are_viewed_not_copied() -> None:
+    class DLPackOnly:  # only the DLPack protocol, as torch/jax CPU tensors offer
+        def __init__(self, arr: np.ndarray) -> None:
+            self._arr = arr
+
+        def __dlpack__(self, **kwargs: object) -> object:
+            return self._arr.__dlpack__(**kwargs)
+
+        def __dlpack_device__(self) -> tuple[int, int]:
+            return self._arr.__dlpack_device__()
+
+    img = np.zeros((4, 6, 3), np.uint8)
+    frame = as_frame(DLPackOnly(img))
+    assert frame.format is PixelFormat.RGB and not frame.on_device
+    assert np.shares_memory(frame.array, img)
+
+
+def test_pooled_isthmus_buffers_are_frames() -> None:
+    from isthmus.buffer import BufferPool
+
+    pool = BufferPool(4 * 6 * 3, 1)
+    buf = pool.acquire()
+    frame = as_frame(buf.asarray(shape=(4, 6, 3)))
+    frame.array[...] = 7
+    assert buf.tobytes() == bytes([7]) * 72  # the frame is the pooled memory itself
+    del frame
+    buf.release()
+    pool.close()

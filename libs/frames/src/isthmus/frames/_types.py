@@ -253,6 +253,11 @@ def as_frame(
         return obj
     device = _device_array(obj)
     arr: Any = device if device is not None else None
+    if arr is None and not hasattr(obj, "__array_interface__") and hasattr(obj, "__dlpack__"):
+        try:  # a host DLPack exporter (e.g. an isthmus.buffer.Buffer): a view, not a copy
+            arr = np.from_dlpack(obj)
+        except Exception as exc:
+            raise FrameFormatError(f"cannot use {type(obj).__name__} as a frame: {exc}") from exc
     if arr is None:
         try:
             arr = np.asarray(obj)
