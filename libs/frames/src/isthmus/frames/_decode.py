@@ -154,6 +154,9 @@ class PyAVH264Decoder(Decoder):
             dst_colorspace="itu709" if color.matrix == "bt709" else "itu601",
             src_color_range="JPEG" if color.range == "full" else "MPEG",
             dst_color_range="JPEG",
+            # One swscale thread: the decoder's slice threads have just used every core, and
+            # more threads than cores measured slower (1.8 vs 2.2 ms at 1080p on 2 cores).
+            threads=1,
         )
         plane = rgb.planes[0]
         # A view over the frame's own plane (rows may be padded): no copy.
