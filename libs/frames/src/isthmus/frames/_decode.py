@@ -111,6 +111,9 @@ class PyAVH264Decoder(Decoder):
         self._ctx = av.CodecContext.create("h264", "r")
         self._ctx.thread_type = "SLICE"
         self._ctx.thread_count = threads
+        # One reformatter for the stream: VideoFrame.reformat() would build a new SwsContext
+        # (and its tables) for every frame.
+        self._rgb = av.video.reformatter.VideoReformatter()
 
     def _is_key(self, data: memoryview) -> bool:
         return is_keyframe(data)
@@ -148,7 +151,8 @@ class PyAVH264Decoder(Decoder):
                 arr.reshape(-1)[start : start + (h // 2) * (w // 2)] = p.reshape(-1)
             return Frame(arr, PixelFormat.I420, w, h, pts, time.monotonic_ns(), color)
         # swscale's YUV->RGB path is SIMD and honours the stream's matrix and range.
-        rgb = vf.reformat(
+        rgb = self._rgb.reformat(
+            vf,
             format="rgb24",
             src_colorspace="itu709" if color.matrix == "bt709" else "itu601",
             dst_colorspace="itu709" if color.matrix == "bt709" else "itu601",
