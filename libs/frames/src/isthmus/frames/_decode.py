@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -114,6 +115,7 @@ class PyAVH264Decoder(Decoder):
         # One reformatter for the stream: VideoFrame.reformat() would build a new SwsContext
         # (and its tables) for every frame.
         self._rgb = av.video.reformatter.VideoReformatter()
+        self._sws_threads = min(4, len(os.sched_getaffinity(0)))
 
     def _is_key(self, data: memoryview) -> bool:
         return is_keyframe(data)
@@ -158,9 +160,9 @@ class PyAVH264Decoder(Decoder):
             dst_colorspace="itu709" if color.matrix == "bt709" else "itu601",
             src_color_range="JPEG" if color.range == "full" else "MPEG",
             dst_color_range="JPEG",
-            # One swscale thread: the decoder's slice threads have just used every core, and
-            # more threads than cores measured slower (1.8 vs 2.2 ms at 1080p on 2 cores).
-            threads=1,
+            # One slice per core: with the context cached this halves the conversion
+            # (1080p: 0.99 -> 0.55 ms on 2 cores).
+            threads=self._sws_threads,
         )
         plane = rgb.planes[0]
         # A view over the frame's own plane (rows may be padded): no copy.
