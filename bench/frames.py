@@ -128,6 +128,26 @@ def _timed(fn: Callable[[int], Any], frames: int, warmup: int = 3) -> list[float
     return out
 
 
+def _interleaved(
+    ui: Any,
+    title: str,
+    makers: dict[str, Callable[[], Callable[[int], Any]]],
+    repeats: int,
+    frames: int,
+) -> dict[str, list[float]]:
+    """Per contender, the median frame time (ms) of each repeat; a fresh contender per repeat,
+    in an order that rotates from repeat to repeat so no one always runs first."""
+    keys = list(makers)
+    runs: dict[str, list[float]] = {k: [] for k in keys}
+    with ui.task(f"{title}: {len(keys)} contenders x {repeats} repeats", repeats) as adv:
+        for rep in range(repeats):
+            shift = rep % len(keys)
+            for k in keys[shift:] + keys[:shift]:
+                runs[k].append(statistics.median(_timed(makers[k](), frames)))
+            adv(f"repeat {rep + 1}")
+    return runs
+
+
 def _encode_makers(
     w: int, h: int, imgs: list[Any]
 ) -> dict[str, Callable[[], Callable[[int], Any]]]:
@@ -188,15 +208,7 @@ def bench_encode(ui: Any, repeats: int, frames: int) -> dict[str, Any]:
         scene = Scene(w, h, kind=kind)
         imgs = [scene.frame(t) for t in range(frames + 3)]
         makers = _encode_makers(w, h, imgs)
-        runs: dict[str, list[float]] = {k: [] for k in makers}
-        keys = list(makers)
-        with ui.task(f"encode {label}: {len(keys)} contenders x {repeats} repeats", repeats) as adv:
-            for rep in range(repeats):
-                shift = rep % len(keys)
-                for k in keys[shift:] + keys[:shift]:
-                    runs[k].append(statistics.median(_timed(makers[k](), frames)))
-                adv(f"repeat {rep + 1}")
-        results[label] = runs
+        results[label] = _interleaved(ui, f"encode {label}", makers, repeats, frames)
     return results
 
 
@@ -228,16 +240,8 @@ def bench_decode(ui: Any, repeats: int, frames: int) -> dict[str, Any]:
         scene = Scene(w, h, kind=kind)
         enc = open_encoder("h264", w, h, backend="x264", fallback=False)
         packets = [enc.encode(scene.frame(t)) for t in range(frames + 3)]
-        runs: dict[str, list[float]] = {"ours": [], "naive": []}
         makers = _decode_makers(packets)
-        keys = list(makers)
-        with ui.task(f"decode {label}: {len(keys)} contenders x {repeats} repeats", repeats) as adv:
-            for rep in range(repeats):
-                shift = rep % len(keys)
-                for k in keys[shift:] + keys[:shift]:
-                    runs[k].append(statistics.median(_timed(makers[k](), frames)))
-                adv(f"repeat {rep + 1}")
-        results[label] = runs
+        results[label] = _interleaved(ui, f"decode {label}", makers, repeats, frames)
     return results
 
 
