@@ -250,6 +250,7 @@ def test_mid_stream_failure_falls_back_and_forces_a_keyframe(
     assert [p.backend for p in packets] == ["flaky"] * 3 + ["x264"] * 3
     assert packets[3].keyframe and packets[3].pts == 0 and not packets[4].keyframe
     assert enc.backend == "x264" and enc.failures and "encode session lost" in enc.failures[0][1]
+    assert enc.frames == 6 and enc.config.backend == "x264"
     assert all(len(dec.decode(p)) == 1 for p in packets)
 
 

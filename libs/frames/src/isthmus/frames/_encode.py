@@ -705,6 +705,7 @@ class FallbackEncoder(Encoder):
         self._inner: Encoder | None = None
         self.failures: list[tuple[str, str]] = []
         self.width, self.height = width, height
+        self.frames = 0  # packets produced, whichever backend made them
         self._closed = False
         self._open_next(first=True)
 
@@ -797,6 +798,7 @@ class FallbackEncoder(Encoder):
                 keyframe = True
                 continue
             self.width, self.height = inner.width, inner.height
+            self.frames += 1
             return packet
 
     def _encode(self, frame: Frame, keyframe: bool) -> tuple[Any, bool]:  # pragma: no cover
