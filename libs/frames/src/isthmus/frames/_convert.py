@@ -353,7 +353,10 @@ def rgb_to_yuv(
     """
     src = as_frame(frame)
     conv = Converter(src.width, src.height, dst=dst, color=color, backend=backend, slots=1)
-    return conv.convert(src)
+    try:
+        return conv.convert(src)
+    finally:
+        conv.close()  # its band threads; the frame keeps its slot
 
 
 def yuv_to_rgb(

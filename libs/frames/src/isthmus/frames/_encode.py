@@ -433,6 +433,7 @@ class NvencDeviceEncoder(Encoder):
     def __init__(self, width: int, height: int, **kwargs: Any) -> None:
         super().__init__(width, height, **kwargs)
         self._enc: Any = None
+        self._host_converter: Converter | None = None
         self._open()
 
     def _open(self) -> None:
@@ -456,6 +457,9 @@ class NvencDeviceEncoder(Encoder):
 
     def _reconfigure(self, *, size_changed: bool) -> None:
         self._enc = None
+        if self._host_converter is not None:
+            self._host_converter.close()
+            self._host_converter = None
         self._open()
 
     def _encode(self, frame: Frame, keyframe: bool) -> tuple[Any, bool]:
@@ -468,10 +472,11 @@ class NvencDeviceEncoder(Encoder):
         else:
             import cupy
 
-            host = Converter(
-                self.width, self.height, dst=PixelFormat.NV12, color=self.color
-            ).convert(frame)
-            nv12 = cupy.asarray(host.array)
+            if self._host_converter is None:
+                self._host_converter = Converter(
+                    self.width, self.height, dst=PixelFormat.NV12, color=self.color
+                )
+            nv12 = cupy.asarray(self._host_converter.convert(frame).array)
         flags = getattr(self._nvc, "NV_ENC_PIC_FLAGS", None)
         if keyframe and flags is not None:
             data = self._enc.Encode(nv12, int(flags.FORCEIDR) | int(flags.OUTPUT_SPSPPS))
@@ -485,6 +490,9 @@ class NvencDeviceEncoder(Encoder):
         if self._closed:
             return
         super().close()
+        if self._host_converter is not None:
+            self._host_converter.close()
+            self._host_converter = None
         if self._enc is not None:
             try:
                 self._enc.EndEncode()
@@ -537,7 +545,7 @@ class JpegEncoder(Encoder):
         if colorspace == "GRAY" and arr.ndim == 2:
             arr = arr[:, :, None]
         sub = "444" if self.color.chroma == "444" else "420"
-        if arr.strides[0] < 0 or (not arr.flags.c_contiguous and arr.strides[1] != arr.shape[2]):
+        if not arr.flags.c_contiguous:  # padded or flipped rows
             arr = np.ascontiguousarray(arr)
         data = self._sj.encode_jpeg(
             arr,
@@ -585,8 +593,8 @@ def _require_libcuda() -> None:
         raise BackendUnavailableError(f"no CUDA driver: {exc}") from exc
 
 
-def _probe_encode(cls: type[Encoder], **kwargs: Any) -> None:
-    enc = cls(*PROBE_SIZE, **kwargs)
+def _probe_encode(cls: type[Encoder]) -> None:
+    enc = cls(*PROBE_SIZE)
     try:
         if enc.encode(_probe_frame()).nbytes == 0:
             raise EncoderError("empty packet")
@@ -594,12 +602,16 @@ def _probe_encode(cls: type[Encoder], **kwargs: Any) -> None:
         enc.close()
 
 
-def _probe_with(cls: type[Encoder], **kwargs: Any) -> Callable[[], None]:
+def _probe_with(
+    cls: type[Encoder], *, requires: Callable[[], None] | None = None
+) -> Callable[[], None]:
+    """A probe that checks ``requires`` (a cheap precondition), then encodes one frame."""
+
     def probe() -> None:
-        if cls is NvencHostEncoder:
-            _require_libcuda()
+        if requires is not None:
+            requires()
         if not issubclass(cls, _PyAVH264):
-            _probe_encode(cls, **kwargs)
+            _probe_encode(cls)
             return
         # FFmpeg logs why a codec failed to open ("Cannot load libcuda.so.1"); during a probe
         # that line is captured into the probe's reason (logging is on only for the probe).
@@ -609,7 +621,7 @@ def _probe_with(cls: type[Encoder], **kwargs: Any) -> Callable[[], None]:
         try:
             with logging_.Capture() as logs:
                 try:
-                    _probe_encode(cls, **kwargs)
+                    _probe_encode(cls)
                 except Exception as exc:
                     detail = "; ".join(str(line[2]).strip() for line in logs if line[2])
                     # The exception itself repeats the whole option dict.
@@ -655,7 +667,7 @@ BACKENDS: dict[str, EncoderBackend] = {
             "nvenc-host",
             "h264",
             NvencHostEncoder,
-            _probe_with(NvencHostEncoder),
+            _probe_with(NvencHostEncoder, requires=_require_libcuda),
             "NVENC via PyAV h264_nvenc",
             prepare=_av,
         ),

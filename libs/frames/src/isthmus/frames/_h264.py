@@ -11,7 +11,7 @@ NAL_PPS = 8
 
 def nal_types(data: bytes | bytearray | memoryview) -> list[int]:
     """The ``nal_unit_type`` of every NAL unit in an Annex B byte stream, in order."""
-    buf = bytes(data)
+    buf = data if isinstance(data, bytes) else bytes(data)  # find() needs bytes; copy only then
     types: list[int] = []
     i = buf.find(b"\x00\x00\x01")
     while i != -1 and i + 3 < len(buf):

@@ -7,13 +7,14 @@ Average and Paeth rows are undone with a Python loop per row, which is slow but 
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from typing import Any
 
 import numpy as np
 
+from ._convert import _cv2 as _opencv
+from ._convert import _pure
 from ._errors import CorruptPacketError, FrameFormatError
 
 __all__ = ["decode_png", "encode_png"]
@@ -24,13 +25,8 @@ _CHANNELS = {0: 1, 2: 3, 6: 4}
 
 
 def _cv2() -> Any | None:
-    if os.environ.get("ISTHMUS_PUREPYTHON", "") not in ("", "0"):
-        return None
-    try:
-        import cv2
-    except ImportError:
-        return None
-    return cv2
+    """OpenCV, unless it is missing or ISTHMUS_PUREPYTHON=1 asks for the pure codec."""
+    return None if _pure() else _opencv()
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
