@@ -8,6 +8,7 @@ On demand::
 
     nox -s bench -- buffer       # python bench/run.py buffer
     nox -s fuzz                  # a million random and mutated inputs into isthmus-wire
+    nox -s ucx                   # isthmus-transport's UCX backend, with ucxx-cu12 installed
     nox -s demo                  # python examples/showcase/showcase.py
 
 The native core (``native/buffer-accel``) is compiled once into ``.nox/_wheels`` and that
@@ -328,6 +329,27 @@ def fuzz(session: nox.Session) -> None:
     session.install(*_editable_libs(), "rich>=13")
     args = session.posargs or ["--iterations", "1000000", "--seed", "1"]
     session.run("python", "libs/wire/tests/fuzz_wire.py", *args)
+
+
+@nox.session(default=False)
+def ucx(session: nox.Session) -> None:
+    """isthmus-transport over UCX (ucxx-cu12): `pytest -m ucx`, where a missing UCX fails.
+
+    ISTHMUS_REQUIRE_UCX=1 turns the tests' skip-without-ucxx into a failure."""
+    session.install(
+        "-e",
+        f"./{_rel(LIBS_DIR / 'buffer')}",
+        "-e",
+        f"./{_rel(LIBS_DIR / 'transport')}[ucx,test]",
+    )
+    session.run(
+        "pytest",
+        _rel(LIBS_DIR / "transport" / "tests"),
+        "-m",
+        "ucx",
+        *session.posargs,
+        env={"ISTHMUS_REQUIRE_UCX": "1"},
+    )
 
 
 @nox.session(default=False)
