@@ -86,6 +86,7 @@ class _OpFuture(asyncio.Future[T], Generic[T]):
     """
 
     __slots__ = ("_op",)
+    _op: Any
 
     def cancel(self, msg: Any = None) -> bool:
         if not super().cancel(msg):
@@ -229,9 +230,9 @@ class _Node:
         return worker
 
     def _connection_lost(self, conn: Connection, exc: BaseException) -> None:
-        if self._all_gone is not None and self._worker is not None:
-            if not self._worker.connections:
-                self._all_gone.set()
+        worker = self._worker
+        if self._all_gone is not None and worker is not None and not worker.connections:
+            self._all_gone.set()
 
     # --- operations --------------------------------------------------------------------------
     def _send(
@@ -246,9 +247,7 @@ class _Node:
         fut._op = op
         conn.send(op)
         if timeout is not None and not fut.done():
-            op.timer = loop.call_later(
-                timeout, lambda: op.cancel(timeout_error("send", timeout))
-            )
+            op.timer = loop.call_later(timeout, lambda: op.cancel(timeout_error("send", timeout)))
         return fut
 
     def _recv(
@@ -302,9 +301,11 @@ class _Node:
         gathered = asyncio.gather(*futs)
         out: asyncio.Future[None] = loop.create_future()
         gathered.add_done_callback(
-            lambda g: _reject(out, g.exception())  # type: ignore[arg-type]
-            if g.exception() is not None
-            else _resolve(out, None)
+            lambda g: (
+                _reject(out, g.exception())  # type: ignore[arg-type]
+                if g.exception() is not None
+                else _resolve(out, None)
+            )
         )
         return out
 
@@ -555,9 +556,7 @@ class Server(_Node):
         """:meth:`aflush` for one client."""
         return self._flush_conns([self._conn_of(client_ep)])
 
-    def aclose(
-        self, *, drain: bool = True, timeout: float | None = 30.0
-    ) -> asyncio.Future[None]:
+    def aclose(self, *, drain: bool = True, timeout: float | None = 30.0) -> asyncio.Future[None]:
         """Close: finish in-flight sends first (``drain``), then release every socket."""
         return asyncio.ensure_future(self._close(drain, timeout))
 
@@ -708,9 +707,7 @@ class Client(_Node):
             raise TransportError("not connected: await aconnect() first")
         return conn
 
-    def asend(
-        self, buffer: Any, tag: int, *, timeout: float | None = None
-    ) -> asyncio.Future[None]:
+    def asend(self, buffer: Any, tag: int, *, timeout: float | None = None) -> asyncio.Future[None]:
         """Send ``buffer`` (or a list of buffers, as one message) with ``tag``.
 
         Completes when the buffer may be reused; until then it is referenced and must not change.
@@ -739,16 +736,19 @@ class Client(_Node):
     ) -> asyncio.Future[Message]:
         """Receive a message of unknown size (see :meth:`Server.arecv_message`)."""
         return self._recv(
-            None, tag, tag_mask, timeout, lambda t, n, _c, b: Message(t, b, n, None), _pool_alloc(pool)
+            None,
+            tag,
+            tag_mask,
+            timeout,
+            lambda t, n, _c, b: Message(t, b, n, None),
+            _pool_alloc(pool),
         )
 
     def aflush(self) -> asyncio.Future[None]:
         """Complete once every send issued so far completed and the Server processed them."""
         return self._flush_conns([self._c()])
 
-    def aclose(
-        self, *, drain: bool = True, timeout: float | None = 30.0
-    ) -> asyncio.Future[None]:
+    def aclose(self, *, drain: bool = True, timeout: float | None = 30.0) -> asyncio.Future[None]:
         """Close: finish in-flight sends first (``drain``), then release the socket."""
         return asyncio.ensure_future(self._close(drain, timeout))
 

@@ -1,7 +1,8 @@
-"""Strict buffer validation: a buffer is used as given or rejected, never silently copied or cast."""
+"""Strict buffer validation: a buffer is used as given or rejected, never copied or cast."""
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,7 +16,8 @@ __all__ = ["address", "recv_view", "send_views"]
 def _view(obj: Any, what: str) -> memoryview:
     if hasattr(obj, "__cuda_array_interface__") and not _has_buffer(obj):
         raise BufferValidationError(
-            f"{what} is device memory ({type(obj).__name__}); only backend='ucx' moves device buffers"
+            f"{what} is device memory ({type(obj).__name__}); "
+            "only backend='ucx' moves device buffers"
         )
     try:
         mv = memoryview(obj)
@@ -63,6 +65,8 @@ def address(mv: memoryview) -> int:
     """The address of a contiguous view's first byte (read-only views included)."""
     if not mv.nbytes:
         return 0
+    if not mv.readonly:
+        return ctypes.addressof(ctypes.c_char.from_buffer(mv))  # the cheap way, ~0.5 us
     return int(np.frombuffer(mv, dtype=np.uint8).__array_interface__["data"][0])
 
 

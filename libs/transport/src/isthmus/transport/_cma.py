@@ -54,8 +54,10 @@ def available() -> bool:
     return _readv is not None
 
 
-def read(pid: int, local: int, nbytes: int, remote: Sequence[tuple[int, int]], offset: int) -> None:
-    """Copy ``nbytes`` from the peer's segments ``remote`` (starting ``offset`` bytes in) to ``local``.
+def read(
+    pid: int, local: int, nbytes: int, remote: Sequence[tuple[int, int]], offset: int
+) -> None:
+    """Copy ``nbytes`` from the peer's segments ``remote``, ``offset`` bytes in, to ``local``.
 
     Loops over short reads, which the kernel returns at page faults and segment boundaries.
     """
@@ -78,8 +80,8 @@ def read(pid: int, local: int, nbytes: int, remote: Sequence[tuple[int, int]], o
             if not want or len(riov) == IOV_MAX:
                 break
         count = sum(n for _, n in riov)
-        rarr = (_IoVec * len(riov))(*riov)
-        larr = (_IoVec * 1)((local + done, count))
+        rarr = (_IoVec * len(riov))(*(_IoVec(a, n) for a, n in riov))
+        larr = (_IoVec * 1)(_IoVec(local + done, count))
         got = _readv(pid, larr, 1, rarr, len(riov), 0)
         if got < 0:
             err = ctypes.get_errno()

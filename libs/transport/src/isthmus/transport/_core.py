@@ -15,6 +15,7 @@ that call, the message goes through an ``isthmus.buffer`` shared-memory ring ins
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -56,23 +57,29 @@ FULL_MASK = (1 << 64) - 1
 
 K_HELLO, K_READY, K_DATA, K_RNDV, K_RING, K_ACK, K_CANCEL = 1, 2, 3, 4, 5, 6, 7
 K_PULL, K_CHUNK, K_CREDIT, K_FLUSH, K_FLUSH_ACK, K_BYE, K_RINGOPEN = 8, 9, 10, 11, 12, 13, 14
+K_EAGER = 15  # a whole message waits in the shared-memory ring
 
 READY_CMA = 1  # "read my peer's memory with process_vm_readv": you may send me RNDV
-READY_SHM = 2  # same host: you may send me RING messages through a shared-memory ring
+READY_SHM = 2  # same host: you may send me messages through a shared-memory ring
 
 ACK_DONE, ACK_DROPPED = 0, 1
 
 BACKENDS = ("auto", "cma", "shm", "tcp")
 
-#: Messages at least this large go by rendezvous (one copy) between processes of one host.
-#: Below it a DATA frame (two copies through the socket, one system call each side) is cheaper.
-DEFAULT_RNDV_THRESHOLD = 256 * 1024
+#: Messages at least this large go by rendezvous (one copy, process_vm_readv) between processes
+#: of one host.  The call pins the peer's pages, about 10 us whatever the size, so below this
+#: two user-space copies through the shared-memory ring, one per core, are cheaper.
+DEFAULT_RNDV_THRESHOLD = 4 * 1024 * 1024
+#: Same-host messages from this size up to the rendezvous threshold go through the ring: a
+#: socket's kernel copies cost more than memcpy from about here.
+EAGER_SHM_MIN = 8 * 1024
 #: A rendezvous copy is split into steps of this size, with the loop free in between; a receive
 #: cancelled between two steps is never written to again.
 CMA_STEP = 16 * 1024 * 1024
 #: DATA payloads from this size on are read straight into the posted buffer, not via our buffer.
 DIRECT_READ = 64 * 1024
 RBUF_SIZE = 256 * 1024
+READ_BUDGET = 1024 * 1024
 RING_CAPACITY = 32 * 1024 * 1024
 RING_CHUNK = 4 * 1024 * 1024
 SOCK_BUF = 4 * 1024 * 1024
@@ -123,8 +130,18 @@ class RecvOp:
     """A posted receive: a target view (or None: allocate on match), a tag and mask, callbacks."""
 
     __slots__ = (
-        "view", "tag", "mask", "done", "fail", "seq", "state", "msg", "timer", "worker", "alloc",
+        "alloc",
         "buf",
+        "done",
+        "fail",
+        "mask",
+        "msg",
+        "seq",
+        "state",
+        "tag",
+        "timer",
+        "view",
+        "worker",
     )
 
     def __init__(
@@ -191,7 +208,7 @@ class RecvOp:
 class SendOp:
     """A send: the views it holds until completion, its tag, callbacks."""
 
-    __slots__ = ("views", "nbytes", "tag", "done", "fail", "conn", "id", "state", "timer", "sent")
+    __slots__ = ("conn", "done", "fail", "id", "nbytes", "sent", "state", "tag", "timer", "views")
 
     def __init__(
         self,
@@ -238,7 +255,7 @@ class SendOp:
 class Msg:
     """A message that arrived before any receive matched it (or a rendezvous awaiting its copy)."""
 
-    __slots__ = ("conn", "tag", "length", "kind", "data", "id", "segs", "seq")
+    __slots__ = ("conn", "data", "held", "id", "kind", "length", "segs", "seq", "tag")
 
     def __init__(
         self,
@@ -258,6 +275,14 @@ class Msg:
         self.id = ident
         self.segs = segs
         self.seq = 0
+        self.held: Any = None  # a ring Buffer that ``data`` views, released once copied out
+
+    def release(self) -> None:
+        held = self.held
+        if held is not None:
+            self.held = None
+            self.data.release()
+            held.release()
 
 
 # ------------------------------------------------------------------------------------------
@@ -371,7 +396,14 @@ class Matcher:
         return True
 
     def drop_from(self, conn: Connection) -> None:
-        """Forget rendezvous messages of a lost peer: their data lived in its memory."""
+        """Forget rendezvous messages of a lost peer (their data lived in its memory); copy out
+        whole messages still held in its ring, which is about to be unmapped."""
+        for q in self.unexpected.values():
+            for m in q:
+                if m.conn is conn and m.held is not None:
+                    data = bytes(m.data)
+                    m.release()
+                    m.data = data
         for tag in list(self.unexpected):
             q = self.unexpected[tag]
             keep = deque(m for m in q if m.conn is not conn or m.kind == K_DATA)
@@ -388,7 +420,7 @@ class Matcher:
 
 
 class Connection:
-    """One peer: a non-blocking stream socket, our read buffer, the write queue, rendezvous state."""
+    """One peer: a non-blocking stream socket, our read buffer, the write queue, rendezvous."""
 
     def __init__(self, worker: Worker, sock: socket.socket, kind: str) -> None:
         self.worker = worker
@@ -483,7 +515,7 @@ class Connection:
                 log.info("process_vm_readv from pid %d refused (%s): shm ring fallback", pid, exc)
         if self.cma_in:
             flags |= READY_CMA
-        elif same_host and backend in ("auto", "shm", "cma"):
+        if same_host and (backend == "shm" or (backend == "auto" and self.worker.eager_shm)):
             flags |= READY_SHM
         self._queue([HDR.pack(K_READY, 0, 0, flags, 0, 0)], None)
 
@@ -530,6 +562,8 @@ class Connection:
             self.inflight[seq] = op
             self.rndv[seq] = op
             self._queue([HDR.pack(K_RING, 0, 0, 0, op.tag, n) + U64.pack(seq)], None)
+        elif n >= EAGER_SHM_MIN and flags & READY_SHM and self._ring_eager(op):
+            return
         else:
             self.inflight[seq] = op
             head = HDR.pack(K_DATA, 0, 0, 0, op.tag, n)
@@ -547,7 +581,11 @@ class Connection:
             if nbytes < 0:
                 nbytes = sum(memoryview(v).nbytes for v in views)
             try:
-                sent = self.sock.sendmsg(views[:IOV_MAX]) if len(views) > 1 else self.sock.send(views[0])
+                sent = (
+                    self.sock.sendmsg(views[:IOV_MAX])
+                    if len(views) > 1
+                    else self.sock.send(views[0])
+                )
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError as exc:
@@ -650,8 +688,11 @@ class Connection:
             self.lost(ConnectionLostError(f"connection to peer lost: {exc}"))
 
     def _read(self) -> None:
+        # A bounded amount per wake-up: the loop must get to run the tasks that post receives,
+        # or a fast sender would have everything land in the unexpected queue (an extra copy).
         sock = self.sock
-        while not self.closed:
+        budget = READ_BUDGET
+        while not self.closed and budget > 0:
             if self.stream_view is not None:
                 want = self.stream_len - self.stream_got
                 try:
@@ -662,6 +703,7 @@ class Connection:
                     self._eof()
                     return
                 self.stream_got += n
+                budget -= n
                 if self.stream_got == self.stream_len:
                     self._stream_done()
                 elif n < want:
@@ -682,6 +724,7 @@ class Connection:
                 self._eof()
                 return
             self.rend += n
+            budget -= n
             self.worker.activity()
             self._parse()
             if n < want and self.stream_view is None:
@@ -715,7 +758,7 @@ class Connection:
                 need = HLEN + length
             elif kind == K_RING:
                 need = HLEN + 8
-            elif K_HELLO <= kind <= K_RINGOPEN:
+            elif K_HELLO <= kind <= K_EAGER:
                 need = HLEN
             else:
                 raise ProtocolError(f"unknown frame kind {kind}: not an isthmus.transport peer")
@@ -758,6 +801,13 @@ class Connection:
                 self._ring_start(op)
         elif kind == K_CHUNK:
             self._ring_chunk(tag, length)
+        elif kind == K_EAGER:
+            ring = self.ring_in
+            if ring is None:
+                raise ProtocolError("EAGER before RINGOPEN")
+            buf = ring.recv(timeout=0)
+            # Unexpected, it stays in the ring (no copy) until a receive matches it.
+            self.worker.deliver_data(self, tag, memoryview(buf)[:length], buf)
         elif kind == K_CREDIT:
             self.ring_credit += length
             self._ring_pump()
@@ -865,16 +915,43 @@ class Connection:
     def drop_rndv(self, ident: int) -> None:
         self._queue([HDR.pack(K_ACK, 0, 0, ACK_DROPPED, ident, 0)], None)
 
-    # --- shared-memory ring fallback ---------------------------------------------------------
-    def _ring_start(self, op: SendOp) -> None:
-        from isthmus.buffer import Ring
-
+    # --- shared-memory ring: eager messages, and rendezvous where CMA is refused ---------------
+    def _ring(self) -> Any:
         if self.ring_out is None:
+            from isthmus.buffer import Ring
+
             name = f"isthmus-tr-{os.getpid()}-{secrets.token_hex(4)}"
             self.ring_out = Ring.create(name, RING_CAPACITY)
             self.ring_credit = RING_CAPACITY // 2
             raw = name.encode()
             self._queue([HDR.pack(K_RINGOPEN, 0, 0, 0, 0, len(raw)) + raw], None)
+        return self.ring_out
+
+    def _ring_eager(self, op: SendOp) -> bool:
+        """Copy a message into the ring and complete the send; False when the ring is full."""
+        from isthmus.buffer import WaitTimeoutError
+
+        ring = self._ring()
+        n = op.nbytes
+        # Eager messages use at most a quarter of the ring: rendezvous chunks have half.
+        if ring.pending + n > RING_CAPACITY // 4:
+            return False
+        try:
+            buf = ring.loan(n, timeout=0)
+        except WaitTimeoutError:
+            return False
+        with memoryview(buf) as dst:
+            _gather(op.views, 0, dst)
+        ring.commit()
+        self._queue([HDR.pack(K_EAGER, 0, 0, 0, op.tag, n)], None, HLEN)
+        self.inflight.pop(op.id, None)
+        op.finish()
+        if self.flushes:
+            self._check_flushes()
+        return True
+
+    def _ring_start(self, op: SendOp) -> None:
+        self._ring()
         self.ring_queue.append(op)
         self._ring_pump()
 
@@ -947,10 +1024,8 @@ class Connection:
     def _finish_close(self) -> None:
         if self.closed:
             return
-        try:
+        with contextlib.suppress(OSError):
             self.sock.send(HDR.pack(K_BYE, 0, 0, 0, 0, 0))
-        except OSError:
-            pass
         self.lost(TransportClosedError("connection closed"))
 
     def lost(self, exc: BaseException) -> None:
@@ -979,14 +1054,15 @@ class Connection:
             for f in self.flushes:
                 f[3](exc)
             self.flushes = []
-            for op, _msg in list(self.pulling.values()):
-                if op is not _DISCARD:
-                    op.abort(exc)
+            for rop, _msg in list(self.pulling.values()):
+                if rop is not _DISCARD:
+                    rop.abort(exc)
             self.pulling.clear()
             if self.stream_op is not None:
                 self.stream_op.abort(exc)
                 self.stream_op = None
             self.stream_view = None
+            self.worker.matcher.drop_from(self)  # before the ring its messages sit in goes
             for ring in (self.ring_out, self.ring_in):
                 if ring is not None:
                     ring.close()
@@ -1018,13 +1094,15 @@ def _advance(views: list[Any], sent: int) -> list[Any]:
 def _started(views: list[Any], op: SendOp) -> bool:
     """Whether a queued DATA frame is partly written (its header view is no longer whole)."""
     first = views[0]
-    return not (isinstance(first, bytes) and len(first) == HLEN and len(views) == 1 + sum(
-        1 for v in op.views if v.nbytes
-    ))
+    return not (
+        isinstance(first, bytes)
+        and len(first) == HLEN
+        and len(views) == 1 + sum(1 for v in op.views if v.nbytes)
+    )
 
 
 def _gather(views: Sequence[memoryview], offset: int, dst: memoryview) -> None:
-    """Copy ``dst.nbytes`` bytes of the concatenation of ``views``, from ``offset``, into ``dst``."""
+    """Copy ``dst.nbytes`` bytes of the concatenated ``views``, from ``offset``, into ``dst``."""
     need = dst.nbytes
     pos = 0
     for v in views:
@@ -1066,6 +1144,7 @@ class Worker:
         name: str = "",
         rndv_threshold: int | None = None,
         spin: float = 0.0,
+        eager_shm: bool = True,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -1073,6 +1152,7 @@ class Worker:
         self.backend = backend
         self.name = name
         self.rndv_threshold = DEFAULT_RNDV_THRESHOLD if rndv_threshold is None else rndv_threshold
+        self.eager_shm = eager_shm
         self.matcher = Matcher()
         self.connections: list[Connection] = []
         self.listeners: list[socket.socket] = []
@@ -1130,12 +1210,13 @@ class Worker:
     def _fill(self, op: RecvOp, msg: Msg) -> None:
         length = msg.length
         if op.view is None:
-            if op.alloc is None and isinstance(msg.data, bytearray):
+            if op.alloc is None and isinstance(msg.data, bytearray) and msg.held is None:
                 op.buf = msg.data  # already our own copy: hand it over
             else:
                 op.materialize(length)
         if op.view is not None and length:
             op.view[:length] = msg.data
+        msg.release()
         op.finish(msg.tag, length, msg.conn)
 
     def _bind(self, op: RecvOp, msg: Msg) -> None:
@@ -1152,14 +1233,17 @@ class Worker:
             for conn in self.connections:
                 conn.stream_abandon(op)
 
-    def deliver_data(self, conn: Connection, tag: int, data: memoryview) -> None:
-        """A whole DATA payload sits in the connection's buffer."""
+    def deliver_data(self, conn: Connection, tag: int, data: memoryview, held: Any = None) -> None:
+        """A whole payload: in the connection's buffer (copied if unexpected) or, with ``held``,
+        in a ring Buffer (kept as it is until matched, then released)."""
         length = data.nbytes
         matcher = self.matcher
         while True:
             op = matcher.take_posted(tag)
             if op is None:
-                matcher.add_unexpected(Msg(conn, tag, length, K_DATA, bytes(data)))
+                msg = Msg(conn, tag, length, K_DATA, data if held is not None else bytes(data))
+                msg.held = held
+                matcher.add_unexpected(msg)
                 return
             if op.view is None:
                 op.materialize(length)
@@ -1168,6 +1252,9 @@ class Worker:
                 continue
             assert op.view is not None
             op.view[:length] = data
+            if held is not None:
+                data.release()
+                held.release()
             op.finish(tag, length, conn)
             return
 
@@ -1230,10 +1317,8 @@ class Worker:
         return conn
 
     def connection_lost(self, conn: Connection, exc: BaseException) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self.connections.remove(conn)
-        except ValueError:
-            pass
         self.matcher.drop_from(conn)
         if self.on_connection_lost is not None:
             self.on_connection_lost(conn, exc)
@@ -1255,10 +1340,8 @@ class Worker:
         self.closed = True
         err = exc or TransportClosedError("closed")
         for lsock in self.listeners:
-            try:
+            with contextlib.suppress(ValueError, RuntimeError):
                 self.reactor.remove_reader(lsock.fileno())
-            except (ValueError, RuntimeError):
-                pass
             lsock.close()
         self.listeners.clear()
         for conn in list(self.connections):
