@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import json
 import logging
 import os
 import secrets
 import socket
+import ssl
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
@@ -23,6 +25,7 @@ from ._core import (
     Worker,
     boot_id,
     timeout_error,
+    tls_handshake,
 )
 from ._errors import ConnectionLostError, TransportClosedError, TransportError
 
@@ -372,6 +375,8 @@ class Server(_Node):
     ``rndv_threshold``: bytes from which a same-host message goes by one-copy rendezvous.
     ``spin``: seconds the loop keeps polling after traffic while receives wait (default 0: none;
     env ``ISTHMUS_TRANSPORT_SPIN_US``).
+    ``ssl_context``: a server-side :class:`ssl.SSLContext`; TCP clients must then speak TLS
+    (clients on this host that connect without TLS use the Unix socket, which has no TLS).
     """
 
     def __init__(
@@ -381,8 +386,10 @@ class Server(_Node):
         name: str = "",
         rndv_threshold: int | None = None,
         spin: float | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__(backend=backend, name=name, rndv_threshold=rndv_threshold, spin=spin)
+        self._ssl = ssl_context
         self._accept_cb: Callable[[ServerEndpoint], None] | None = None
         self._clients: dict[Connection, ServerEndpoint] = {}
         self._address: tuple[str, int] = ("", 0)
@@ -478,12 +485,37 @@ class Server(_Node):
                     log.error("accept failed: %s", exc)
                     return
                 raise
-            conn = worker.add_connection(sock, kind)
-            conn.on_ready = lambda c, p=peer: self._ready(c, p)
+            if kind == "tcp" and self._ssl is not None:
+                try:
+                    tls = self._ssl.wrap_socket(
+                        sock, server_side=True, do_handshake_on_connect=False
+                    )
+                except (ssl.SSLError, OSError) as exc:
+                    log.warning("TLS wrap for %s failed: %s", peer, exc)
+                    sock.close()
+                    continue
+                tls.setblocking(False)
+                tls_handshake(
+                    worker.reactor,
+                    tls,
+                    functools.partial(self._add, kind="tls", peer=peer),
+                    functools.partial(_log_tls_failure, peer),
+                    10.0,
+                )
+                continue
+            self._add(sock, kind, peer)
+
+    def _add(self, sock: socket.socket, kind: str, peer: Any) -> None:
+        worker = self._worker
+        if worker is None:
+            sock.close()
+            return
+        conn = worker.add_connection(sock, kind)
+        conn.on_ready = lambda c: self._ready(c, peer)
 
     def _ready(self, conn: Connection, peer: Any) -> None:
         self._n += 1
-        if conn.kind == "tcp":
+        if conn.kind != "unix":
             remote = (str(peer[0]), int(peer[1]))
         else:
             remote = ("localhost", conn.peer_pid)
@@ -604,6 +636,8 @@ class Client(_Node):
     """Connects to one Server; full duplex tagged send and receive.
 
     Options as for :class:`Server`; ``connect_timeout`` bounds the connect and handshake.
+    ``ssl_context`` (a client-side :class:`ssl.SSLContext`) makes the connection TLS over TCP,
+    even to a Server on this host; ``server_hostname`` defaults to the host connected to.
     """
 
     def __init__(
@@ -614,10 +648,14 @@ class Client(_Node):
         rndv_threshold: int | None = None,
         spin: float | None = None,
         connect_timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> None:
         super().__init__(backend=backend, name=name, rndv_threshold=rndv_threshold, spin=spin)
         self._conn: Connection | None = None
         self._connect_timeout = connect_timeout
+        self._ssl = ssl_context
+        self._server_hostname = server_hostname
 
     @property
     def connected(self) -> bool:
@@ -650,8 +688,9 @@ class Client(_Node):
         worker = self._w()
         loop = self._loop
         assert loop is not None
-        sock, kind = None, "tcp"
-        if try_unix and any(is_local_address(h) for h, _ in targets):
+        sock: socket.socket | None = None
+        kind = "tcp"
+        if try_unix and self._ssl is None and any(is_local_address(h) for h, _ in targets):
             unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             unix.setblocking(False)
             try:
@@ -674,9 +713,13 @@ class Client(_Node):
                     except BaseException:
                         tcp.close()
                         raise
-                    sock = tcp
+                    if self._ssl is not None:
+                        sock = await self._tls(tcp, self._server_hostname or host)
+                        kind = "tls"
+                    else:
+                        sock = tcp
                     break
-                except (OSError, TimeoutError) as exc:
+                except (OSError, TimeoutError, TransportError) as exc:
                     errors.append(f"{host}:{port}: {exc}")
         if sock is None:
             raise ConnectionLostError("could not connect: " + "; ".join(errors))
@@ -691,6 +734,21 @@ class Client(_Node):
             conn.lost(ConnectionLostError("handshake did not complete"))
             self._conn = None
             raise
+
+    async def _tls(self, tcp: socket.socket, hostname: str) -> ssl.SSLSocket:
+        assert self._ssl is not None and self._loop is not None
+        name = hostname if self._ssl.check_hostname else None
+        tls = self._ssl.wrap_socket(tcp, server_hostname=name, do_handshake_on_connect=False)
+        tls.setblocking(False)
+        done: asyncio.Future[ssl.SSLSocket] = self._loop.create_future()
+        tls_handshake(
+            self._w().reactor,
+            tls,
+            lambda s: _resolve(done, s),
+            lambda e: _reject(done, e),
+            self._connect_timeout,
+        )
+        return await done
 
     def _connection_lost(self, conn: Connection, exc: BaseException) -> None:
         worker = self._worker
@@ -800,6 +858,10 @@ def _callbacks(
             done_callback()
 
     fut.add_done_callback(on_done)
+
+
+def _log_tls_failure(peer: Any, exc: BaseException) -> None:
+    log.warning("TLS handshake with %s failed: %s", peer, exc)
 
 
 def _pool_alloc(pool: Any) -> Callable[[int], Any] | None:

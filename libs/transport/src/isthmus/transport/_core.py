@@ -22,6 +22,7 @@ import logging
 import os
 import secrets
 import socket
+import ssl
 import struct
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -426,7 +427,8 @@ class Connection:
         self.worker = worker
         self.sock = sock
         self.fd = sock.fileno()
-        self.kind = kind  # "unix" | "tcp"
+        self.kind = kind  # "unix" | "tcp" | "tls"
+        self.tls = isinstance(sock, ssl.SSLSocket)
         self.reactor = worker.reactor
         self.name = ""
         self.peer_pid = 0
@@ -535,6 +537,8 @@ class Connection:
     def transports(self) -> list[tuple[str, str]]:
         """(purpose, transport) pairs, in the spirit of UCX's ``view_transports``."""
         out = [("control", self.kind), ("eager", self.kind)]
+        if self.peer_flags & READY_SHM:
+            out.append(("eager", "shm-ring"))
         if self.peer_flags & READY_CMA:
             out.append(("rendezvous", "cma"))
         elif self.peer_flags & READY_SHM:
@@ -583,10 +587,10 @@ class Connection:
             try:
                 sent = (
                     self.sock.sendmsg(views[:IOV_MAX])
-                    if len(views) > 1
+                    if len(views) > 1 and not self.tls
                     else self.sock.send(views[0])
                 )
-            except (BlockingIOError, InterruptedError):
+            except _WOULD_BLOCK:
                 sent = 0
             except OSError as exc:
                 self.lost(ConnectionLostError(f"send to peer failed: {exc}"))
@@ -607,7 +611,8 @@ class Connection:
             while wq:
                 entry = wq[0]
                 views = entry[0]
-                sent = self.sock.sendmsg(views[:IOV_MAX])
+                # TLS sockets have no sendmsg: one view per call there.
+                sent = self.sock.send(views[0]) if self.tls else self.sock.sendmsg(views[:IOV_MAX])
                 views = _advance(views, sent)
                 if views:
                     entry[0] = views
@@ -617,7 +622,7 @@ class Connection:
                 wq.popleft()
                 if entry[1] is not None:
                     self._send_complete(entry[1])
-        except (BlockingIOError, InterruptedError):
+        except _WOULD_BLOCK:
             return
         except OSError as exc:
             self.lost(ConnectionLostError(f"send to peer failed: {exc}"))
@@ -697,7 +702,7 @@ class Connection:
                 want = self.stream_len - self.stream_got
                 try:
                     n = sock.recv_into(self.stream_view[self.stream_got :], want)
-                except (BlockingIOError, InterruptedError):
+                except _WOULD_BLOCK:
                     return
                 if n == 0:
                     self._eof()
@@ -706,7 +711,7 @@ class Connection:
                 budget -= n
                 if self.stream_got == self.stream_len:
                     self._stream_done()
-                elif n < want:
+                elif n < want and not (self.tls and self.sock.pending()):  # type: ignore[attr-defined]
                     return
                 continue
             if self.rstart == self.rend:
@@ -718,7 +723,7 @@ class Connection:
             want = RBUF_SIZE - self.rend
             try:
                 n = sock.recv_into(self.rview[self.rend :], want)
-            except (BlockingIOError, InterruptedError):
+            except _WOULD_BLOCK:
                 return
             if n == 0:
                 self._eof()
@@ -728,6 +733,8 @@ class Connection:
             self.worker.activity()
             self._parse()
             if n < want and self.stream_view is None:
+                if self.tls and self.sock.pending():  # type: ignore[attr-defined]
+                    continue  # decrypted bytes wait inside OpenSSL: no readiness event for them
                 return
 
     def _parse(self) -> None:
@@ -1074,6 +1081,63 @@ class Connection:
             if cb is not None:
                 cb(exc)
             self.worker.connection_lost(self, exc)
+
+
+_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
+def tls_handshake(
+    reactor: Reactor,
+    sock: ssl.SSLSocket,
+    on_done: Callable[[ssl.SSLSocket], None],
+    on_fail: Callable[[BaseException], None],
+    timeout: float,
+) -> None:
+    """Drive a non-blocking TLS handshake from readiness callbacks; closes ``sock`` on failure."""
+    fd = sock.fileno()
+    state = {"r": False, "w": False, "over": False}
+
+    def finish(exc: BaseException | None) -> None:
+        if state["over"]:
+            return
+        state["over"] = True
+        timer.cancel()
+        if state["r"]:
+            reactor.remove_reader(fd)
+        if state["w"]:
+            reactor.remove_writer(fd)
+        if exc is None:
+            on_done(sock)
+        else:
+            sock.close()
+            on_fail(exc)
+
+    def step() -> None:
+        if state["over"]:
+            return
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            want_r, want_w = True, False
+        except ssl.SSLWantWriteError:
+            want_r, want_w = False, True
+        except (ssl.SSLError, OSError) as exc:
+            finish(ConnectionLostError(f"TLS handshake failed: {exc}"))
+            return
+        else:
+            finish(None)
+            return
+        if want_r != state["r"]:
+            (reactor.add_reader(fd, step) if want_r else reactor.remove_reader(fd))
+            state["r"] = want_r
+        if want_w != state["w"]:
+            (reactor.add_writer(fd, step) if want_w else reactor.remove_writer(fd))
+            state["w"] = want_w
+
+    timer = reactor.call_later(
+        timeout, lambda: finish(ConnectionLostError(f"TLS handshake took over {timeout} s"))
+    )
+    step()
 
 
 def _advance(views: list[Any], sent: int) -> list[Any]:
