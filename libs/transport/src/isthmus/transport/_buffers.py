@@ -14,14 +14,14 @@ __all__ = ["address", "recv_view", "send_views"]
 
 
 def _view(obj: Any, what: str) -> memoryview:
-    if hasattr(obj, "__cuda_array_interface__") and not _has_buffer(obj):
-        raise BufferValidationError(
-            f"{what} is device memory ({type(obj).__name__}); "
-            "only backend='ucx' moves device buffers"
-        )
     try:
         mv = memoryview(obj)
     except TypeError:
+        if hasattr(obj, "__cuda_array_interface__") or hasattr(obj, "__dlpack_device__"):
+            raise BufferValidationError(
+                f"{what} is device memory ({type(obj).__name__}); "
+                "only backend='ucx' moves device buffers"
+            ) from None
         raise BufferValidationError(
             f"{what} must support the buffer protocol, not {type(obj).__name__}"
         ) from None
@@ -35,14 +35,6 @@ def _view(obj: Any, what: str) -> memoryview:
         # Any dtype is moved as its bytes; the length reported is in bytes, never a cast count.
         mv = mv.cast("B")
     return mv
-
-
-def _has_buffer(obj: Any) -> bool:
-    try:
-        memoryview(obj).release()
-    except TypeError:
-        return False
-    return True
 
 
 def send_views(obj: Any) -> list[memoryview]:
