@@ -36,6 +36,8 @@ log = logging.getLogger("isthmus.transport")
 T = TypeVar("T")
 
 ADDRESS_PREFIX = b"isthmus-transport/1:"
+#: The buffer argument of a receive whose buffer is allocated once the size is known.
+UNKNOWN_SIZE: Any = object()
 
 
 def unix_name(port: int) -> str:
@@ -263,7 +265,7 @@ class _Node:
         alloc: Callable[[int], Any] | None = None,
     ) -> _OpFuture[Any]:
         worker = self._w()
-        view = recv_view(buffer) if buffer is not None else None
+        view = recv_view(buffer) if buffer is not UNKNOWN_SIZE else None
         _check_tag(tag)
         _check_tag(tag_mask, "tag_mask")
         loop = self._loop
@@ -571,7 +573,7 @@ class Server(_Node):
         """Receive a message of unknown size into a buffer from ``pool`` (an
         ``isthmus.buffer.BufferPool``; messages larger than its slots get their own buffer)."""
         return self._recv(
-            None,
+            UNKNOWN_SIZE,
             tag,
             tag_mask,
             timeout,
@@ -794,7 +796,7 @@ class Client(_Node):
     ) -> asyncio.Future[Message]:
         """Receive a message of unknown size (see :meth:`Server.arecv_message`)."""
         return self._recv(
-            None,
+            UNKNOWN_SIZE,
             tag,
             tag_mask,
             timeout,

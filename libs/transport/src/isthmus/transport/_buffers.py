@@ -26,9 +26,10 @@ def _view(obj: Any, what: str) -> memoryview:
             f"{what} must support the buffer protocol, not {type(obj).__name__}"
         ) from None
     if not mv.c_contiguous:
+        strides = mv.strides
         mv.release()
         raise BufferValidationError(
-            f"{what} is not C-contiguous (strides {mv.strides}); pass a contiguous buffer "
+            f"{what} is not C-contiguous (strides {strides}); pass a contiguous buffer "
             "(e.g. numpy.ascontiguousarray) rather than have it copied behind your back"
         )
     if mv.format != "B" or mv.ndim != 1:

@@ -187,7 +187,11 @@ class RecvOp:
         if self.timer is not None:
             self.timer.cancel()
         self.view = None
-        self.done(tag, length, conn, self.buf)
+        done, buf = self.done, self.buf
+        self.buf = None
+        self.done = _noop_recv
+        self.fail = _noop_fail
+        done(tag, length, conn, buf)
 
     def abort(self, exc: BaseException) -> None:
         if self.state == FINISHED:
@@ -196,7 +200,10 @@ class RecvOp:
         if self.timer is not None:
             self.timer.cancel()
         self.view = None
-        self.fail(exc)
+        fail = self.fail
+        self.done = _noop_recv
+        self.fail = _noop_fail
+        fail(exc)
 
     def cancel(self, exc: BaseException | None = None) -> None:
         """Withdraw the receive; after this returns, its buffer is never written to again."""
@@ -236,7 +243,9 @@ class SendOp:
         self.state = FINISHED
         if self.timer is not None:
             self.timer.cancel()
-        self.done()
+        done = self.done
+        self._let_go(True)
+        done()
 
     def abort(self, exc: BaseException) -> None:
         if self.state == FINISHED:
@@ -244,13 +253,37 @@ class SendOp:
         self.state = FINISHED
         if self.timer is not None:
             self.timer.cancel()
-        self.fail(exc)
+        fail = self.fail
+        # A withdrawn rendezvous keeps its views until the peer acknowledges: it may be reading.
+        self._let_go(self.id not in self.conn.rndv)
+        fail(exc)
+
+    def _let_go(self, views: bool) -> None:
+        # Drop what ties the caller's buffer and future to this op (a future holds its op).
+        self.done = _noop
+        self.fail = _noop_fail
+        if views:
+            self.views = []
 
     def cancel(self, exc: BaseException | None = None) -> None:
-        """Withdraw the send if the peer has not started taking it (a started one completes)."""
+        """Withdraw the send: it fails with ``exc`` now.  A frame half written to the socket is
+        finished in the background, and a rendezvous the peer may be reading stays referenced
+        until the peer answers, so the message may still arrive; ``aflush`` waits for both."""
         if self.state == FINISHED:
             return
         self.conn.withdraw_send(self, exc or TransportClosedError("send cancelled"))
+
+
+def _noop() -> None:
+    pass
+
+
+def _noop_fail(exc: BaseException) -> None:
+    pass
+
+
+def _noop_recv(tag: int, length: int, conn: Connection, buf: Any) -> None:
+    pass
 
 
 class Msg:
@@ -460,6 +493,7 @@ class Connection:
         self.send_seq = 0
         self.inflight: dict[int, SendOp] = {}
         self.rndv: dict[int, SendOp] = {}
+        self.withdrawing: dict[int, BaseException] = {}  # rendezvous id -> why, awaiting ACK
         self.flushes: list[list[Any]] = []  # [mark, acked, done, fail, id]
         self.flush_id = 0
         # rendezvous copies in progress on our side (receiver), id -> (op, msg)
@@ -468,6 +502,7 @@ class Connection:
         self.ring_out: Any = None
         self.ring_in: Any = None
         self.ring_credit = 0
+        self.ring_acked = False
         self.ring_queue: deque[SendOp] = deque()
         self.probe = bytearray(secrets.token_bytes(16))
         self.bye_received = False
@@ -629,7 +664,7 @@ class Connection:
             return
         self.writing = False
         self.reactor.remove_writer(self.fd)
-        if self.closing and not self.inflight:
+        if self.closing and self._drained():
             self.worker.reactor.call_soon(self._finish_close)
 
     def _send_complete(self, op: SendOp) -> None:
@@ -637,22 +672,31 @@ class Connection:
         op.finish()
         if self.flushes:
             self._check_flushes()
-        if self.closing and not self.inflight and not self.wq:
+        if self.closing and self._drained():
             self._finish_close()
+
+    def _drained(self) -> bool:
+        # An eager message sits in our ring until the peer has opened it: closing the ring
+        # (which unlinks its name) before that would lose messages whose sends completed.
+        return not self.inflight and not self.wq and (self.ring_out is None or self.ring_acked)
 
     def withdraw_send(self, op: SendOp, exc: BaseException) -> None:
         if op.id in self.rndv:
-            # The peer holds a descriptor of our memory: ask it to drop the message; the views
-            # stay referenced until it answers (ACK), so the memory stays valid for its reads.
-            if not self.closed:
+            # The peer holds a descriptor of our memory and may be copying from it right now:
+            # ask it to drop the message; the op (and its views) stays in ``rndv`` until the
+            # peer answers, so its memory stays valid for a copy already under way.
+            if self.withdrawing.get(op.id) is None and not self.closed:
+                self.withdrawing[op.id] = exc
                 self._queue([HDR.pack(K_CANCEL, 0, 0, 0, op.id, 0)], None)
             op.abort(exc)
             return
         for i, entry in enumerate(self.wq):
             if entry[1] is op:
-                first = i == 0 and _started(entry[0], op)
-                if first:
-                    break  # half on the wire: it completes, or the stream would be torn
+                if i == 0 and _started(entry[0], op):
+                    # Half on the wire: the rest is written (the queue entry holds the views)
+                    # or the stream would be torn; the caller hears of the failure now.
+                    op.abort(exc)
+                    return
                 del self.wq[i]
                 self.inflight.pop(op.id, None)
                 op.abort(exc)
@@ -793,12 +837,14 @@ class Connection:
             op = self.rndv.pop(tag, None)
             if op is not None:
                 self.inflight.pop(op.id, None)
+                withdrawn = self.withdrawing.pop(op.id, None)
                 if aux == ACK_DONE:
                     op.finish()
                 else:
-                    op.abort(TransportClosedError("send withdrawn before the peer took it"))
+                    op.abort(withdrawn or TransportClosedError("send withdrawn by the peer"))
+                op.views = []
                 self._check_flushes()
-                if self.closing and not self.inflight and not self.wq:
+                if self.closing and self._drained():
                     self._finish_close()
         elif kind == K_CANCEL:
             self.worker.peer_cancelled(self, tag)
@@ -816,13 +862,19 @@ class Connection:
             # Unexpected, it stays in the ring (no copy) until a receive matches it.
             self.worker.deliver_data(self, tag, memoryview(buf)[:length], buf)
         elif kind == K_CREDIT:
+            if aux == 1:  # the peer opened our ring
+                self.ring_acked = True
+                if self.closing and self._drained():
+                    self._finish_close()
             self.ring_credit += length
             self._ring_pump()
         elif kind == K_RINGOPEN:
             from isthmus.buffer import Ring
 
             name = bytes(self.rview[body : body + length]).decode()
-            self.ring_in = Ring.open(name, timeout=5.0)
+            # Created before RINGOPEN was sent and kept until our answer: no wait needed.
+            self.ring_in = Ring.open(name, timeout=0.0)
+            self._queue([HDR.pack(K_CREDIT, 0, 0, 1, 0, 0)], None)
         elif kind == K_FLUSH:
             self._queue([HDR.pack(K_FLUSH_ACK, 0, 0, 0, tag, 0)], None)
         elif kind == K_FLUSH_ACK:
@@ -1025,7 +1077,7 @@ class Connection:
         if self.closed or self.closing:
             return
         self.closing = True
-        if not self.inflight and not self.wq:
+        if self._drained():
             self._finish_close()
 
     def _finish_close(self) -> None:
@@ -1056,6 +1108,7 @@ class Connection:
             ops = list(self.inflight.values())
             self.inflight.clear()
             self.rndv.clear()
+            self.withdrawing.clear()
             for op in ops:
                 op.abort(exc)
             for f in self.flushes:

@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import socket
+import ssl
 from collections import deque
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -38,7 +39,17 @@ import trio
 from . import _aio
 from ._aio import Message, ServerEndpoint, is_local_address, unix_name
 from ._buffers import recv_view, send_views
-from ._core import FINISHED, FULL_MASK, Connection, RecvOp, SendOp, Worker, boot_id, timeout_error
+from ._core import (
+    FINISHED,
+    FULL_MASK,
+    Connection,
+    RecvOp,
+    SendOp,
+    Worker,
+    boot_id,
+    timeout_error,
+    tls_handshake,
+)
 from ._errors import (
     ConnectionLostError,
     TransportClosedError,
@@ -71,7 +82,9 @@ class _Handle:
 
     __slots__ = ("callback", "cancelled", "scope")
 
-    def __init__(self, callback: Callable[[], None], scope: trio.CancelScope | None = None) -> None:
+    def __init__(
+        self, callback: Callable[[], object], scope: trio.CancelScope | None = None
+    ) -> None:
         self.callback = callback
         self.cancelled = False
         self.scope = scope
@@ -87,7 +100,7 @@ class _Watch:
 
     __slots__ = ("active", "callback", "fd", "scope")
 
-    def __init__(self, fd: int, callback: Callable[[], None]) -> None:
+    def __init__(self, fd: int, callback: Callable[[], object]) -> None:
         self.fd = fd
         self.callback = callback
         self.active = True
@@ -115,10 +128,10 @@ class _TrioReactor:
         nursery.start_soon(self._run_soon, name="isthmus.transport call_soon")
 
     # --- file descriptors --------------------------------------------------------------------
-    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+    def add_reader(self, fd: int, callback: Callable[[], object]) -> None:
         self._add(self._readers, fd, callback, "read")
 
-    def add_writer(self, fd: int, callback: Callable[[], None]) -> None:
+    def add_writer(self, fd: int, callback: Callable[[], object]) -> None:
         self._add(self._writers, fd, callback, "write")
 
     def remove_reader(self, fd: int) -> bool:
@@ -128,7 +141,7 @@ class _TrioReactor:
         return self._remove(self._writers, fd)
 
     def _add(
-        self, table: dict[int, _Watch], fd: int, callback: Callable[[], None], what: str
+        self, table: dict[int, _Watch], fd: int, callback: Callable[[], object], what: str
     ) -> None:
         watch = table.get(fd)
         if watch is not None:
@@ -174,7 +187,7 @@ class _TrioReactor:
                     del table[watch.fd]
 
     # --- callbacks ---------------------------------------------------------------------------
-    def call_soon(self, callback: Callable[[], None]) -> _Handle:
+    def call_soon(self, callback: Callable[[], object]) -> _Handle:
         handle = _Handle(callback)
         if not self.closed:
             self._soon.append(handle)
@@ -200,7 +213,7 @@ class _TrioReactor:
                     _invoke(handle.callback)
             await trio.lowlevel.checkpoint()
 
-    def call_later(self, delay: float, callback: Callable[[], None]) -> _Handle:
+    def call_later(self, delay: float, callback: Callable[[], object]) -> _Handle:
         if self.closed:
             raise RuntimeError("the trio reactor is closed (its `async with` block ended)")
         handle = _Handle(callback, trio.CancelScope())
@@ -241,8 +254,8 @@ class _Waiter:
     Cancelling the task withdraws the operation synchronously, from trio's abort callback, so no
     callback can slip in between: a cancelled receive is never written to.  A send that cannot
     be withdrawn any more (its bytes are half on the wire) refuses the cancellation
-    (``Abort.FAILED``): the task is woken when the send completes, and trio delivers the
-    cancellation at its next checkpoint.
+    (``Abort.FAILED``): the task is woken when the send completes and is told it completed (a
+    cancellation still in force is delivered at its next checkpoint; a ``timeout=`` is not).
     """
 
     __slots__ = ("aborting", "op", "parked", "result", "stale", "task")
@@ -359,6 +372,7 @@ class _Node(Generic[CoreT]):
         self._stack: AsyncExitStack | None = None
         self._reactor: _TrioReactor | None = None
         self._nursery: trio.Nursery | None = None
+        self._orphans: list[socket.socket] = []  # sockets of abandoned TLS handshakes
 
     @property
     def backend(self) -> str:
@@ -394,6 +408,9 @@ class _Node(Generic[CoreT]):
         finally:
             self._close_now()
             reactor.close()
+            for sock in self._orphans:
+                sock.close()
+            self._orphans.clear()
             nursery.cancel_scope.cancel()
             # The nursery ends without the block's exception (which propagates as it is, not
             # wrapped in an ExceptionGroup): its tasks never raise, callbacks are logged.
@@ -454,7 +471,7 @@ class _Node(Generic[CoreT]):
         alloc: Callable[[int], Any] | None = None,
     ) -> T:
         worker = self._core._w()
-        view = recv_view(buffer) if buffer is not None else None
+        view = recv_view(buffer) if buffer is not _aio.UNKNOWN_SIZE else None
         _aio._check_tag(tag)
         _aio._check_tag(tag_mask, "tag_mask")
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -516,7 +533,8 @@ class Server(_Node[_ServerCore]):
 
     Use as ``async with Server(...) as server:``.  Options as for
     :class:`isthmus.transport.Server`: ``backend`` (``"auto"``, ``"cma"``, ``"shm"``, ``"tcp"``;
-    env ``ISTHMUS_TRANSPORT_BACKEND``), ``name``, ``rndv_threshold`` and ``spin``.
+    env ``ISTHMUS_TRANSPORT_BACKEND``), ``name``, ``rndv_threshold``, ``spin`` and
+    ``ssl_context`` (a server-side :class:`ssl.SSLContext`: TCP clients must speak TLS).
     """
 
     def __init__(
@@ -526,9 +544,16 @@ class Server(_Node[_ServerCore]):
         name: str = "",
         rndv_threshold: int | None = None,
         spin: float | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__(
-            _ServerCore(backend=backend, name=name, rndv_threshold=rndv_threshold, spin=spin)
+            _ServerCore(
+                backend=backend,
+                name=name,
+                rndv_threshold=rndv_threshold,
+                spin=spin,
+                ssl_context=ssl_context,
+            )
         )
 
     # --- listening ---------------------------------------------------------------------------
@@ -605,7 +630,7 @@ class Server(_Node[_ServerCore]):
         """Receive a message of unknown size into a buffer from ``pool`` (an
         ``isthmus.buffer.BufferPool``; messages larger than its slots get their own buffer)."""
         return await self._recv(
-            None,
+            _aio.UNKNOWN_SIZE,
             tag,
             tag_mask,
             timeout,
@@ -666,7 +691,9 @@ class Client(_Node[_ClientCore]):
     """Connects to one Server; full duplex tagged send and receive (trio).
 
     Use as ``async with Client(...) as client:``.  Options as for :class:`Server`;
-    ``connect_timeout`` bounds the connect and the handshake.
+    ``connect_timeout`` bounds the connect and the handshake; ``ssl_context`` (a client-side
+    :class:`ssl.SSLContext`) makes the connection TLS over TCP, even to a Server on this host,
+    with ``server_hostname`` defaulting to the host connected to.
     """
 
     def __init__(
@@ -677,6 +704,8 @@ class Client(_Node[_ClientCore]):
         rndv_threshold: int | None = None,
         spin: float | None = None,
         connect_timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> None:
         super().__init__(
             _ClientCore(
@@ -685,6 +714,8 @@ class Client(_Node[_ClientCore]):
                 rndv_threshold=rndv_threshold,
                 spin=spin,
                 connect_timeout=connect_timeout,
+                ssl_context=ssl_context,
+                server_hostname=server_hostname,
             )
         )
 
@@ -727,7 +758,7 @@ class Client(_Node[_ClientCore]):
         limit = core._connect_timeout
         sock: socket.socket | None = None
         kind = "tcp"
-        if try_unix and any(is_local_address(h) for h, _ in targets):
+        if try_unix and core._ssl is None and any(is_local_address(h) for h, _ in targets):
             unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             unix.setblocking(False)
             try:
@@ -743,9 +774,14 @@ class Client(_Node[_ClientCore]):
         if sock is None:
             for host, port in targets:
                 try:
-                    sock = await _tcp_connect(host, port, limit)
+                    tcp = await _tcp_connect(host, port, limit)
+                    if core._ssl is not None:
+                        sock = await self._tls(tcp, core._server_hostname or host)
+                        kind = "tls"
+                    else:
+                        sock = tcp
                     break
-                except OSError as exc:
+                except (OSError, TransportError) as exc:
                     errors.append(f"{host}:{port}: {exc}")
         if sock is None:
             raise ConnectionLostError("could not connect: " + "; ".join(errors))
@@ -765,6 +801,24 @@ class Client(_Node[_ClientCore]):
             conn.lost(ConnectionLostError("handshake did not complete"))
             core._conn = None
             raise
+
+    async def _tls(self, tcp: socket.socket, hostname: str) -> ssl.SSLSocket:
+        core = self._core
+        assert core._ssl is not None
+        name = hostname if core._ssl.check_hostname else None
+        tls = core._ssl.wrap_socket(tcp, server_hostname=name, do_handshake_on_connect=False)
+        tls.setblocking(False)
+        waiter = _Waiter()
+        tls_handshake(core._w().reactor, tls, waiter.resolve, waiter.reject, core._connect_timeout)
+        try:
+            sock: ssl.SSLSocket = await waiter.wait()
+        except BaseException:
+            if tls.fileno() >= 0:
+                # Cancelled mid-handshake: the handshake owns the socket until it ends (it
+                # closes it on failure or timeout); leaving the block closes it at the latest.
+                self._orphans.append(tls)
+            raise
+        return sock
 
     # --- operations --------------------------------------------------------------------------
     async def asend(self, buffer: Any, tag: int, *, timeout: float | None = None) -> None:
@@ -798,7 +852,7 @@ class Client(_Node[_ClientCore]):
     ) -> Message:
         """Receive a message of unknown size (see :meth:`Server.arecv_message`)."""
         return await self._recv(
-            None,
+            _aio.UNKNOWN_SIZE,
             tag,
             tag_mask,
             timeout,
