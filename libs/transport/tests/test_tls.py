@@ -90,7 +90,7 @@ def test_untrusted_certificate_is_a_typed_error_and_server_stays_up(
             good = Client(ssl_context=client_ctx)
             await good.aconnect("127.0.0.1", server.port)
             buf = bytearray(5)
-            _, (tag, n) = await asyncio.gather(good.asend(b"hello", 1), server.arecv(buf, 1))
+            await asyncio.gather(good.asend(b"hello", 1), server.arecv(buf, 1))
             assert bytes(buf) == b"hello"
             await good.aclose()
         finally:

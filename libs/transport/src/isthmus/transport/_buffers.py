@@ -25,6 +25,8 @@ def _view(obj: Any, what: str) -> memoryview:
         raise BufferValidationError(
             f"{what} must support the buffer protocol, not {type(obj).__name__}"
         ) from None
+    except Exception as exc:  # e.g. a released isthmus.buffer.Buffer refuses its export
+        raise BufferValidationError(f"{what} cannot be used: {exc}") from exc
     if not mv.c_contiguous:
         strides = mv.strides
         mv.release()

@@ -54,9 +54,7 @@ def available() -> bool:
     return _readv is not None
 
 
-def read(
-    pid: int, local: int, nbytes: int, remote: Sequence[tuple[int, int]], offset: int
-) -> None:
+def read(pid: int, local: int, nbytes: int, remote: Sequence[tuple[int, int]], offset: int) -> None:
     """Copy ``nbytes`` from the peer's segments ``remote``, ``offset`` bytes in, to ``local``.
 
     Loops over short reads, which the kernel returns at page faults and segment boundaries.

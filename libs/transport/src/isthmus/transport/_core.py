@@ -85,6 +85,8 @@ RING_CAPACITY = 32 * 1024 * 1024
 RING_CHUNK = 4 * 1024 * 1024
 SOCK_BUF = 4 * 1024 * 1024
 IOV_MAX = 512
+#: A rendezvous frame lists every segment; beyond this many the message goes inline instead.
+MAX_SEGS = 4096
 
 _BOOT_ID: str | None = None
 
@@ -216,7 +218,19 @@ class RecvOp:
 class SendOp:
     """A send: the views it holds until completion, its tag, callbacks."""
 
-    __slots__ = ("conn", "done", "fail", "id", "nbytes", "sent", "state", "tag", "timer", "views")
+    __slots__ = (
+        "conn",
+        "done",
+        "fail",
+        "gen",
+        "id",
+        "nbytes",
+        "sent",
+        "state",
+        "tag",
+        "timer",
+        "views",
+    )
 
     def __init__(
         self,
@@ -236,6 +250,7 @@ class SendOp:
         self.state = POSTED
         self.timer: Handle | None = None
         self.sent = 0  # ring path: bytes streamed so far
+        self.gen = 0  # ring path: the receiver's pull being served
 
     def finish(self) -> None:
         if self.state == FINISHED:
@@ -289,7 +304,7 @@ def _noop_recv(tag: int, length: int, conn: Connection, buf: Any) -> None:
 class Msg:
     """A message that arrived before any receive matched it (or a rendezvous awaiting its copy)."""
 
-    __slots__ = ("conn", "data", "held", "id", "kind", "length", "segs", "seq", "tag")
+    __slots__ = ("conn", "data", "gen", "held", "id", "kind", "length", "segs", "seq", "tag")
 
     def __init__(
         self,
@@ -310,6 +325,7 @@ class Msg:
         self.segs = segs
         self.seq = 0
         self.held: Any = None  # a ring Buffer that ``data`` views, released once copied out
+        self.gen = 0  # ring rendezvous: which pull the chunks in flight belong to
 
     def release(self) -> None:
         held = self.held
@@ -590,7 +606,7 @@ class Connection:
         op.id = seq
         n = op.nbytes
         flags = self.peer_flags
-        if n >= self.worker.rndv_threshold and flags & READY_CMA:
+        if n >= self.worker.rndv_threshold and flags & READY_CMA and len(op.views) <= MAX_SEGS:
             self.inflight[seq] = op
             self.rndv[seq] = op
             segs = [(address(v), v.nbytes) for v in op.views if v.nbytes]
@@ -813,6 +829,8 @@ class Connection:
                 need = HLEN
             else:
                 raise ProtocolError(f"unknown frame kind {kind}: not an isthmus.transport peer")
+            if need > RBUF_SIZE:
+                raise ProtocolError(f"control frame of {need} bytes")
             if avail < need:
                 return
             self.rstart = start + need
@@ -850,10 +868,12 @@ class Connection:
             self.worker.peer_cancelled(self, tag)
         elif kind == K_PULL:
             op = self.rndv.get(tag)
-            if op is not None:
+            if op is not None and op.state != FINISHED:
+                op.gen = aux
+                op.sent = 0  # a new pull (the previous one was abandoned) starts over
                 self._ring_start(op)
         elif kind == K_CHUNK:
-            self._ring_chunk(tag, length)
+            self._ring_chunk(tag, length, aux)
         elif kind == K_EAGER:
             ring = self.ring_in
             if ring is None:
@@ -934,7 +954,8 @@ class Connection:
         self.pulling[msg.id] = (op, msg)
         if msg.kind == K_RING:
             msg.data = 0
-            self._queue([HDR.pack(K_PULL, 0, 0, 0, msg.id, 0)], None)
+            msg.gen += 1
+            self._queue([HDR.pack(K_PULL, 0, 0, msg.gen & 0xFFFFFFFF, msg.id, 0)], None)
             return
         self._cma_step(op, msg, 0)
 
@@ -965,10 +986,8 @@ class Connection:
         msg = op.msg
         if msg is None or self.pulling.pop(msg.id, None) is None:
             return
-        if msg.kind == K_RING:
-            # Chunks already on their way land in scratch and are dropped; the sender completes.
-            self.pulling[msg.id] = (_DISCARD, msg)
-            return
+        # Ring chunks of this pull still in flight are dropped (their generation is stale); the
+        # next receive that matches pulls the message again from the start.
         self.worker.matcher.add_unexpected(msg, front=True)
 
     def drop_rndv(self, ident: int) -> None:
@@ -1011,7 +1030,8 @@ class Connection:
 
     def _ring_start(self, op: SendOp) -> None:
         self._ring()
-        self.ring_queue.append(op)
+        if op not in self.ring_queue:
+            self.ring_queue.append(op)
         self._ring_pump()
 
     def _ring_pump(self) -> None:
@@ -1032,18 +1052,20 @@ class Connection:
                 ring.commit()
                 op.sent += n
                 self.ring_credit -= n
-                self._queue([HDR.pack(K_CHUNK, 0, 0, 0, op.id, n)], None)
+                self._queue([HDR.pack(K_CHUNK, 0, 0, op.gen, op.id, n)], None)
             if op.sent == op.nbytes:
                 self.ring_queue.popleft()
 
-    def _ring_chunk(self, ident: int, n: int) -> None:
+    def _ring_chunk(self, ident: int, n: int, gen: int) -> None:
         ring = self.ring_in
         if ring is None:
             raise ProtocolError("CHUNK before RINGOPEN")
         buf = ring.recv(timeout=0)
         entry = self.pulling.get(ident)
+        if entry is not None and entry[1].gen & 0xFFFFFFFF != gen:
+            entry = None  # a chunk of an abandoned pull
         try:
-            if entry is not None and entry[0] is not _DISCARD:
+            if entry is not None:
                 op, msg = entry
                 assert op.view is not None
                 off = msg.data or 0
@@ -1059,8 +1081,7 @@ class Connection:
         if msg.data >= msg.length:
             self.pulling.pop(ident, None)
             self._queue([HDR.pack(K_ACK, 0, 0, ACK_DONE, ident, 0)], None)
-            if op is not _DISCARD:
-                op.finish(msg.tag, msg.length, self)
+            op.finish(msg.tag, msg.length, self)
 
     # --- shutdown ----------------------------------------------------------------------------
     def _eof(self) -> None:
@@ -1115,8 +1136,7 @@ class Connection:
                 f[3](exc)
             self.flushes = []
             for rop, _msg in list(self.pulling.values()):
-                if rop is not _DISCARD:
-                    rop.abort(exc)
+                rop.abort(exc)
             self.pulling.clear()
             if self.stream_op is not None:
                 self.stream_op.abort(exc)
@@ -1233,16 +1253,6 @@ def _gather(views: Sequence[memoryview], offset: int, dst: memoryview) -> None:
         offset = 0
         if pos == need:
             return
-
-
-class _Discard:
-    """Marks a ring transfer whose receive was cancelled: chunks are consumed and dropped."""
-
-    state = FINISHED
-    view = None
-
-
-_DISCARD: Any = _Discard()
 
 
 # ------------------------------------------------------------------------------------------
@@ -1420,10 +1430,9 @@ class Worker:
         entry = conn.pulling.pop(ident, None)
         if entry is not None:
             op, _msg = entry
-            if op is not _DISCARD:
-                op.state = POSTED
-                op.msg = None
-                self.matcher.add_posted(op, front=True)  # the receive waits for another message
+            op.state = POSTED
+            op.msg = None
+            self.matcher.add_posted(op, front=True)  # the receive waits for another message
             conn.drop_rndv(ident)
 
     # --- connections -------------------------------------------------------------------------
