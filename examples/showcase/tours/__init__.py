@@ -15,6 +15,7 @@ TOURS: dict[str, str] = {
     "buffer": ".buffer",
     "buffer-latency": ".buffer_latency",
     "wire": ".wire",
+    "transport": ".transport",
     "frames": ".frames",
 }
 

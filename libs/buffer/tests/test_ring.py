@@ -18,6 +18,7 @@ from isthmus.buffer import (
     Ring,
     RingClosedError,
     RingUsageError,
+    SegmentNotFoundError,
     SizeError,
     WaitTimeoutError,
 )
@@ -64,6 +65,23 @@ def test_send_recv_in_one_process(impl: str, name: str) -> None:
     cons.close()
     prod.close()
     assert not os.path.exists(SHM + name)
+
+
+def test_unlink_keeps_both_sides_working(impl: str, name: str) -> None:
+    prod = Ring.create(name, 4096)
+    cons = Ring.open(name)
+    prod.unlink()
+    assert not os.path.exists(SHM + name)  # gone from /dev/shm while both are attached
+    prod.send(b"still here")
+    msg = cons.recv(timeout=1)
+    assert msg.tobytes() == b"still here"
+    msg.release()
+    with pytest.raises(SegmentNotFoundError):
+        Ring.open(name)
+    cons.close()
+    prod.close()
+    with pytest.raises(RingClosedError):
+        prod.unlink()
 
 
 def test_loan_writes_in_place_and_recv_views_in_place(impl: str, name: str) -> None:

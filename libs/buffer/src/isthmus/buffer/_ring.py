@@ -575,6 +575,17 @@ class Ring:
         return int(p.load_u64(self._base + _HEAD) - p.load_u64(self._base + _TAIL))
 
     # --- lifetime ----------------------------------------------------------------------------
+    def unlink(self) -> None:
+        """Remove the ring's name now that both sides have it open.
+
+        Both mappings keep working; nobody else can open the ring any more, and nothing is left
+        in ``/dev/shm`` even if both processes are killed.
+        """
+        seg = self._seg
+        if seg is None:
+            raise RingClosedError(f"ring {self.name!r} is closed")
+        seg.unlink()
+
     def close(self) -> None:
         """Close this side: the peer sees :class:`RingClosedError` once it has drained.
 

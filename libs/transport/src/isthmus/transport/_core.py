@@ -882,8 +882,10 @@ class Connection:
             # Unexpected, it stays in the ring (no copy) until a receive matches it.
             self.worker.deliver_data(self, tag, memoryview(buf)[:length], buf)
         elif kind == K_CREDIT:
-            if aux == 1:  # the peer opened our ring
+            if aux == 1:  # the peer opened our ring: its name is no longer needed
                 self.ring_acked = True
+                if self.ring_out is not None:
+                    self.ring_out.unlink()  # nothing left in /dev/shm, even after a SIGKILL
                 if self.closing and self._drained():
                     self._finish_close()
             self.ring_credit += length
