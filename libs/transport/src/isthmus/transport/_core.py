@@ -26,6 +26,7 @@ import ssl
 import struct
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from . import _cma
@@ -77,6 +78,13 @@ EAGER_SHM_MIN = 8 * 1024
 #: A rendezvous copy is split into steps of this size, with the loop free in between; a receive
 #: cancelled between two steps is never written to again.
 CMA_STEP = 16 * 1024 * 1024
+#: Rendezvous messages this large are copied by two threads, in steps of PARALLEL_STEP of which
+#: the helper thread takes HELPER_SHARE (a hand-off per 16 MiB step costs more than it saves).
+#: Measured here, 25 % on a second core lifts a 256 MiB copy from ~90 % to ~105 % of one core's
+#: memcpy for ~15 % more CPU time: one kernel copy does not reach the memory's bandwidth.
+PARALLEL_MIN = 128 * 1024 * 1024
+PARALLEL_STEP = 64 * 1024 * 1024
+HELPER_SHARE = 0.25
 #: DATA payloads from this size on are read straight into the posted buffer, not via our buffer.
 DIRECT_READ = 64 * 1024
 RBUF_SIZE = 256 * 1024
@@ -965,9 +973,26 @@ class Connection:
         if op.state != ACTIVE or self.closed:
             return
         assert op.view is not None and msg.segs is not None
-        n = min(CMA_STEP, msg.length - offset)
+        local = address(op.view)
+        copier = self.worker.copier() if msg.length >= PARALLEL_MIN else None
+        n = min(PARALLEL_STEP if copier is not None else CMA_STEP, msg.length - offset)
         try:
-            _cma.read(self.peer_pid, address(op.view) + offset, n, msg.segs, offset)
+            if copier is not None:
+                # One kernel copy saturates a core well below the memory's bandwidth: a helper
+                # thread copies the first part of the step while this one copies the rest.
+                # Both are done before the step returns, so cancellation stays step-exact.
+                head = int(n * HELPER_SHARE) & ~4095
+                part = copier.submit(
+                    _cma.read, self.peer_pid, local + offset, head, msg.segs, offset
+                )
+                try:
+                    _cma.read(
+                        self.peer_pid, local + offset + head, n - head, msg.segs, offset + head
+                    )
+                finally:
+                    part.result()
+            else:
+                _cma.read(self.peer_pid, local + offset, n, msg.segs, offset)
         except OSError as exc:
             self.pulling.pop(msg.id, None)
             if exc.errno == errno.ESRCH:
@@ -1282,6 +1307,8 @@ class Worker:
         self.name = name
         self.rndv_threshold = DEFAULT_RNDV_THRESHOLD if rndv_threshold is None else rndv_threshold
         self.eager_shm = eager_shm
+        self.parallel_copy = os.environ.get("ISTHMUS_TRANSPORT_PARALLEL_COPY", "1") != "0"
+        self._copier: ThreadPoolExecutor | None = None
         self.matcher = Matcher()
         self.connections: list[Connection] = []
         self.listeners: list[socket.socket] = []
@@ -1477,6 +1504,17 @@ class Worker:
         self.fail_posted(err)
         self.matcher.unexpected.clear()
         self.matcher.n_unexpected = 0
+        if self._copier is not None:
+            self._copier.shutdown(wait=True)
+            self._copier = None
+
+    def copier(self) -> ThreadPoolExecutor | None:
+        """The helper thread for large copies (None on one CPU or when disabled by env)."""
+        if self._copier is None:
+            if not self.parallel_copy or (os.cpu_count() or 1) < 2:
+                return None
+            self._copier = ThreadPoolExecutor(1, thread_name_prefix="isthmus-transport-copy")
+        return self._copier
 
 
 def timeout_error(what: str, timeout: float) -> TransportTimeoutError:

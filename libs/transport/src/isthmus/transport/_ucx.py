@@ -66,9 +66,14 @@ Where it differs from the core backends
 * **Flush** completes when every earlier send completed locally (for a rendezvous: the peer has
   read it) and the peer then progressed its worker and took everything that arrived off UCX's
   queue.  Between hosts (UCX over TCP) that second half is best effort.
-* **A peer that leaves**: on a Server its unread messages of up to :data:`SALVAGE_MAX` bytes are
-  copied out and stay receivable (larger ones are dropped); a Client fails its receives, as in
-  the core.
+* **A peer that leaves**: a Server copies the messages it had not received yet out of UCX
+  (reading them also completes the leaving peer's sends) and they stay receivable, as the core
+  keeps a lost peer's whole messages; from a dead peer only what already arrived survives.  A
+  Client fails its receives once the Server is gone, as in the core.
+* **Rendezvous sends complete when the peer receives them** (UCX: from ``rndv_threshold``,
+  64 KiB here, where the core's threshold is 4 MiB): awaiting such an ``asend`` before the peer
+  posts a receive waits for it.  ``rndv_threshold=4 << 20`` gives the core's behaviour at some
+  cost for mid-size messages.  ``aclose(drain=True)`` waits (up to ``timeout``) for them too.
 * **Device buffers** (``__cuda_array_interface__``, e.g. CuPy) are passed to UCX as they are when
   the UCX context has CUDA support; ``arecv_message`` always allocates host memory.
 * If a peer stops responding during a close, or a CMA-less configuration leaves a dead peer's
@@ -111,7 +116,6 @@ from ._errors import (
 __all__ = [
     "CANCEL_DRAIN_LIMIT",
     "DEFAULT_RNDV_THRESHOLD",
-    "SALVAGE_MAX",
     "BackendUnavailableError",
     "UcxClient",
     "UcxServer",
@@ -129,8 +133,6 @@ FULL_MASK = (1 << 64) - 1
 DEFAULT_RNDV_THRESHOLD = 64 * 1024
 #: A cancelled receive whose rendezvous copy is under way waits at most this long for it.
 CANCEL_DRAIN_LIMIT = 5.0
-#: A departed client's unread messages up to this size are kept for later receives.
-SALVAGE_MAX = 4 * 1024 * 1024
 #: Rounds of progress/probe/reap per pass before yielding to the event loop.
 PASS_ROUNDS = 32
 #: While requests are outstanding the worker is also progressed this often, in case UCX raised
@@ -194,7 +196,7 @@ class _Lib:
     """ucxx's low-level API plus ctypes access to libucp/libucs, loaded once per process."""
 
     def __init__(self) -> None:
-        names = [f"UCX_{k}" for k in _UCXX_ENV_DEFAULTS]
+        names = [f"UCX_{k}" for k in (*_UCXX_ENV_DEFAULTS, "MEMTYPE_CACHE")]
         before = {k: os.environ.get(k) for k in names}
         already = "ucxx" in sys.modules
         try:
@@ -220,6 +222,12 @@ class _Lib:
                 not already and before[env] is None and os.environ.get(env) == value
             ):
                 self.injected.add(key)
+        # ucxx also sets UCX_MEMTYPE_CACHE=n, which this UCX no longer knows: it would warn
+        # "unused environment variable" (on stdout) at the first context.  See context().
+        self.memtype_cache_injected = os.environ.get("UCX_MEMTYPE_CACHE") == "n" and (
+            already or before["UCX_MEMTYPE_CACHE"] is None
+        )
+        self.workers = 0
         self.ucp: Any = None
         self.libc: Any = None
         self.log_handler: Any = None
@@ -310,6 +318,22 @@ class _Lib:
         config.update(options or {})
         L = self.L
         return L.UCXContext(config, feature_flags=(L.Feature.TAG, L.Feature.WAKEUP))
+
+    def worker(self, ctx: Any) -> Any:
+        """A UCX worker in blocking-progress mode (no progress thread, no Python futures)."""
+        # UCX checks the environment for unknown UCX_* variables once, at the first worker.
+        hide = self.workers == 0 and self.memtype_cache_injected and self.version >= (1, 19, 0)
+        saved = os.environ.pop("UCX_MEMTYPE_CACHE", None) if hide else None
+        try:
+            worker = self.L.UCXWorker(
+                ctx, enable_delayed_submission=False, enable_python_future=False
+            )
+        finally:
+            if saved is not None:
+                os.environ["UCX_MEMTYPE_CACHE"] = saved
+        self.workers += 1
+        worker.init_blocking_progress_mode()
+        return worker
 
     def ep_info(self, ep_handle: int) -> str:
         """``ucp_ep_print_info`` as text ("" where libucp is not reachable)."""
@@ -673,14 +697,10 @@ class _Conn:
         self.on_ready: Callable[[_Conn], None] | None = None
         self.on_fail: Callable[[BaseException], None] | None = None
         # UCX
-        self.worker: Any = node._u_lib.L.UCXWorker(
-            node._u_context(), enable_delayed_submission=False, enable_python_future=False
-        )
-        self.worker.init_blocking_progress_mode()
+        self.worker: Any = node._u_lib.worker(node._u_context())
         self.fd: int = int(self.worker.epoll_file_descriptor)
         self.ep: Any = None
         self.pending: dict[Any, Callable[[BaseException | None], None]] = {}
-        self.idle: asyncio.Event | None = None
         self.scheduled = False
         self.safety: asyncio.TimerHandle | None = None
         self.spin_until = 0.0
@@ -699,7 +719,10 @@ class _Conn:
         self.writing = False
         self.bye_sent = False
         self.bye_received = False
-        self.peer_bye: asyncio.Event = asyncio.Event()
+        self.done_sent = False
+        self.peer_done = False
+        self.eof = False
+        self.wakeup: asyncio.Event | None = None
         self.teardown: asyncio.Task[None] | None = None
         sock.setblocking(False)
         with contextlib.suppress(OSError):
@@ -749,7 +772,8 @@ class _Conn:
             return
         spin = self.node._spin
         for _ in range(PASS_ROUNDS):
-            worker.progress()
+            while worker.progress_once():
+                pass
             did = self._probe()
             if self.pending and self._reap():
                 did = True
@@ -805,8 +829,7 @@ class _Conn:
                 err = exc
             cb(err)
         if not self.pending:
-            if self.idle is not None:
-                self.idle.set()
+            self._wake()
             if self.safety is not None:
                 self.safety.cancel()
                 self.safety = None
@@ -814,8 +837,6 @@ class _Conn:
 
     def watch(self, req: Any, cb: Callable[[BaseException | None], None]) -> None:
         """Call ``cb(error_or_None)`` once UCX completes ``req`` (it is referenced till then)."""
-        if self.idle is not None:
-            self.idle.clear()
         self.pending[req] = cb
         self.kick()
 
@@ -839,7 +860,6 @@ class _Conn:
         self.inflight[op.seq] = op
         if req.completed:
             self._sent(op, _req_error(req))
-            self.kick()
         else:
             self.watch(req, lambda err, op=op: self._sent(op, err))  # type: ignore[misc]
 
@@ -878,7 +898,6 @@ class _Conn:
             return
         if req.completed:
             self._received(op, msg, _req_error(req))
-            self.kick()
             return
         op.state = _ACTIVE
         op.req = req
@@ -980,6 +999,8 @@ class _Conn:
             return
         if not data:
             self._stop_reading()
+            self.eof = True
+            self._wake()
             if self.bye_received:
                 self._peer_gone(ConnectionLostError("peer closed the connection"))
             else:
@@ -1012,11 +1033,13 @@ class _Conn:
             self._ctl_send({"k": "flushed", "id": msg.get("id")})
         elif kind == "flushed":
             self._flushed(int(msg.get("id", 0)))
-        elif kind == "bye":
+        elif kind == "bye":  # the peer closes: it sends us nothing new
             self.bye_received = True
-            self.peer_bye.set()
             if not self.closed:
                 self._peer_gone(ConnectionLostError("peer closed the connection"), alive=True)
+        elif kind == "done":  # every send of the peer's to us completed: it touches us no more
+            self.peer_done = True
+            self._wake()
 
     def _on_hello(self, msg: dict[str, Any]) -> None:
         if self.state != _CONNECTING:
@@ -1065,30 +1088,29 @@ class _Conn:
 
     def _peer_gone(self, exc: BaseException, alive: bool = False) -> None:
         """The peer closed (``alive``: said BYE) or vanished: fail what needs it, release UCX."""
-        if self.state == _CLOSED:
+        if self.state >= _CLOSING:
+            return  # a close is under way already; its loop sees EOF, BYE and DONE
+        if self.state == _READY:
+            self.progress()  # what arrived before the BYE is still delivered
+        if self.state >= _CLOSING:
             return
-        if self.state == _CONNECTING:
-            cb = self.on_fail
-            self.on_fail = None
-            self.on_ready = None
-            self.lost_error = exc
-            self.state = _CLOSING
-            self.node._u_conn_lost(self, exc)
-            if cb is not None:
-                cb(exc)
-            self.teardown = asyncio.ensure_future(self._release(exc, alive, 1.0))
-            self.node._u_tasks.add(self.teardown)
-            return
-        if self.state == _CLOSING:
-            return  # our own close is under way; it reads what the peer left
+        connecting = self.state == _CONNECTING
+        cb = self.on_fail
+        self.on_fail = None
+        self.on_ready = None
         self.state = _CLOSING
         self.lost_error = exc
         self._fail_user_ops(exc)
         self.node._u_conn_lost(self, exc)
+        if cb is not None:
+            cb(exc)
         if alive and not self.bye_sent:
             self.bye_sent = True
             self._ctl_send({"k": "bye"})
-        self.teardown = asyncio.ensure_future(self._release(exc, alive, 10.0))
+        self._start_release(exc, 2.0 if connecting else 10.0)
+
+    def _start_release(self, exc: BaseException, limit: float) -> None:
+        self.teardown = asyncio.ensure_future(self._release(exc, limit))
         self.node._u_tasks.add(self.teardown)
 
     def _fail_user_ops(self, exc: BaseException) -> None:
@@ -1099,75 +1121,85 @@ class _Conn:
             f[3](exc)
         self.flushes = []
 
+    def _wake(self) -> None:
+        if self.wakeup is not None:
+            self.wakeup.set()
+
     async def close(self, drain: bool, timeout: float | None) -> None:
-        """Our side closes: drain sends, say BYE, wait for the peer's, release."""
-        if self.state >= _CLOSING:
-            if self.teardown is not None:
-                await asyncio.shield(self.teardown)
-            return
-        deadline = None if timeout is None else self.loop.time() + timeout
-        if drain and self.state == _READY and self.inflight:
-            waiter: asyncio.Future[None] = self.loop.create_future()
-            self.flush(lambda: _resolve(waiter, None), lambda e: _reject(waiter, e))
-            try:
-                await asyncio.wait_for(waiter, _left(deadline))
-            except (TimeoutError, TransportError):
-                log.warning("%s: in-flight sends not drained within %s s", self.node.name, timeout)
-        if self.state >= _CLOSING:
-            if self.teardown is not None:
-                await asyncio.shield(self.teardown)
-            return
-        exc = TransportClosedError("connection closed")
-        self.state = _CLOSING
-        self.lost_error = exc
-        self._fail_user_ops(exc)
-        self.node._u_conn_lost(self, exc)
-        self.bye_sent = True
-        self._ctl_send({"k": "bye"})
-        self.teardown = asyncio.ensure_future(self._release(exc, True, _left(deadline, 10.0)))
-        self.node._u_tasks.add(self.teardown)
-        await asyncio.shield(self.teardown)
+        """Our side closes: let in-flight sends finish (``drain``), say BYE, release."""
+        if self.state < _CLOSING:
+            deadline = None if timeout is None else self.loop.time() + timeout
+            if drain and self.state == _READY and self.inflight:
+                # As the core does: a rendezvous completes once the peer received it.
+                waiter: asyncio.Future[None] = self.loop.create_future()
+                self.flush(lambda: _resolve(waiter, None), lambda e: _reject(waiter, e))
+                try:
+                    await asyncio.wait_for(waiter, _left(deadline))
+                except (TimeoutError, TransportError):
+                    log.info("%s: in-flight sends not drained within %s s", self.node.name, timeout)
+            if self.state < _CLOSING:
+                exc = TransportClosedError("connection closed")
+                self.state = _CLOSING
+                self.lost_error = exc
+                self._fail_user_ops(exc)
+                self.node._u_conn_lost(self, exc)
+                self.bye_sent = True
+                self._ctl_send({"k": "bye"})
+                self._start_release(exc, _left(deadline, 10.0) or 0.0)
+        if self.teardown is not None:
+            await asyncio.shield(self.teardown)
 
-    async def _release(self, exc: BaseException, alive: bool, limit: float | None) -> None:
+    async def _release(self, exc: BaseException, limit: float) -> None:
         try:
-            await self._release_inner(exc, alive, limit)
+            await self._release_inner(exc, limit)
         finally:
-            self.node._u_tasks.discard(self.teardown)
+            if self.teardown is not None:
+                self.node._u_tasks.discard(self.teardown)
 
-    async def _release_inner(self, exc: BaseException, alive: bool, limit: float | None) -> None:
+    async def _release_inner(self, exc: BaseException, limit: float) -> None:
+        """Receive what the peer left, let it receive what we left, then free UCX.
+
+        Both sides run this: each reads the other's canary and unread messages (which
+        completes the other's sends) and says DONE once its own requests completed.  From a
+        dead peer the canary read fails the endpoint instead, which ends our requests too.
+        """
         loop = self.loop
-        deadline = loop.time() + (10.0 if limit is None else max(limit, 0.5))
-        if alive and not self.bye_received and self.sock.fileno() >= 0:
-            # Our BYE is out: the peer answers with its own once it stopped sending to us.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.peer_bye.wait(), max(deadline - loop.time(), 0.01))
+        deadline = loop.time() + max(limit, 1.0)
         lib = self.lib
         lib.quiet += 1
+        self.wakeup = asyncio.Event()
         try:
-            if self.worker is not None:
+            while self.worker is not None:
                 self.progress()
-                self._read_leftovers(alive)
-                # Wait for our reads of the peer's leftovers and for the peer's reads of ours.
-                while self.pending and loop.time() < deadline and self.worker is not None:
-                    self.idle = asyncio.Event()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.idle.wait(), min(0.05, deadline - loop.time()))
-                    self.progress()
-            if self.pending:
-                log.warning(
-                    "%s: %d UCX request(s) to %s still outstanding; keeping its worker",
-                    self.node.name,
-                    len(self.pending),
-                    self.peer_name or self.remote,
-                )
+                if self.worker is None:
+                    break
+                self._read_leftovers()
+                self._reap()
+                if not self.pending and not self.done_sent:
+                    self.done_sent = True
+                    self._ctl_send({"k": "done"})
+                if not self.pending and (self.peer_done or self.eof or self.ep is None):
+                    break
+                if loop.time() >= deadline:
+                    log.warning(
+                        "%s: %s did not finish closing; %d UCX request(s) outstanding",
+                        self.node.name,
+                        self.peer_name or self.remote,
+                        len(self.pending),
+                    )
+                    break
+                self.wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wakeup.wait(), min(0.05, deadline - loop.time()))
             self._release_ucx(exc)
         finally:
             lib.quiet -= 1
+            self.wakeup = None
         self._close_socket()
         self.state = _CLOSED
 
-    def _read_leftovers(self, alive: bool) -> None:
-        """Receive what the peer sent and we did not: its canary and its unread messages."""
+    def _read_leftovers(self) -> None:
+        """Receive what the peer sent and nobody took: its canary and its unread messages."""
         worker = self.worker
         lib = self.lib
         if self.canary_in is not None:
@@ -1180,7 +1212,7 @@ class _Conn:
         salvage = self.node._u_salvages() and not self.node._u_closed
         for msg in self.node._u_unexpected_from(self):
             probe, msg.probe = msg.probe, None
-            if salvage and msg.length <= SALVAGE_MAX:
+            if salvage:
                 buf = bytearray(msg.length)
                 req = worker.tag_recv_with_handle(lib.Array(buf), probe)
                 self._settle_salvage(req, msg, buf)
@@ -1191,7 +1223,6 @@ class _Conn:
                 self.node._u_drop(msg)
                 if not req.completed:
                     self.pending[req] = lambda _e, one=one: None  # type: ignore[misc]
-        self.kick()
 
     def _settle_salvage(self, req: Any, msg: _Msg, buf: bytearray) -> None:
         def done(err: BaseException | None) -> None:
@@ -1268,7 +1299,7 @@ class _Conn:
         self._fail_user_ops(exc)
         try:
             if self.worker is not None:
-                self._read_leftovers(False)
+                self._read_leftovers()
                 deadline = time.monotonic() + 0.5
                 while self.pending and time.monotonic() < deadline:
                     self.worker.progress()
