@@ -13,6 +13,7 @@ Every failure is a :class:`TransportError` subclass on the operation's future.
 from ._aio import Client, Message, Server, ServerEndpoint
 from ._core import BACKENDS
 from ._errors import (
+    BackendUnavailableError,
     BufferValidationError,
     ConnectionLostError,
     MessageTruncatedError,
@@ -25,6 +26,7 @@ from ._version import __version__
 
 __all__ = [
     "BACKENDS",
+    "BackendUnavailableError",
     "BufferValidationError",
     "Client",
     "ConnectionLostError",

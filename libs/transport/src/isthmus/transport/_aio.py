@@ -387,6 +387,13 @@ class Server(_Node):
     (clients on this host that connect without TLS use the Unix socket, which has no TLS).
     """
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Server:
+        if cls is Server and _backend(kwargs.get("backend")) == "ucx":
+            from ._ucx import UcxServer  # imports ucxx only when one is constructed
+
+            return super().__new__(UcxServer)
+        return super().__new__(cls)
+
     def __init__(
         self,
         *,
@@ -647,6 +654,13 @@ class Client(_Node):
     ``ssl_context`` (a client-side :class:`ssl.SSLContext`) makes the connection TLS over TCP,
     even to a Server on this host; ``server_hostname`` defaults to the host connected to.
     """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Client:
+        if cls is Client and _backend(kwargs.get("backend")) == "ucx":
+            from ._ucx import UcxClient  # imports ucxx only when one is constructed
+
+            return super().__new__(UcxClient)
+        return super().__new__(cls)
 
     def __init__(
         self,

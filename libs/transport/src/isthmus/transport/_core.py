@@ -66,7 +66,7 @@ READY_SHM = 2  # same host: you may send me messages through a shared-memory rin
 
 ACK_DONE, ACK_DROPPED = 0, 1
 
-BACKENDS = ("auto", "cma", "shm", "tcp")
+BACKENDS = ("auto", "cma", "shm", "tcp", "ucx")
 
 #: Messages at least this large go by rendezvous (one copy, process_vm_readv) between processes
 #: of one host.  The call pins the peer's pages, about 10 us whatever the size, so below this
@@ -1302,6 +1302,11 @@ class Worker:
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend == "ucx":
+            raise ValueError(
+                "backend='ucx' is served by isthmus.transport.Server/Client (asyncio), "
+                "not by this front end"
+            )
         self.reactor = reactor
         self.backend = backend
         self.name = name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "BackendUnavailableError",
     "BufferValidationError",
     "ConnectionLostError",
     "MessageTruncatedError",
@@ -48,6 +49,10 @@ class TransportClosedError(TransportError):
 
 class TransportTimeoutError(TransportError, TimeoutError):
     """The operation did not complete within its ``timeout``; it was withdrawn."""
+
+
+class BackendUnavailableError(TransportError, ImportError):
+    """The requested backend cannot be used here (for ``"ucx"``: ucxx is not installed)."""
 
 
 class ProtocolError(TransportError):

@@ -20,19 +20,25 @@ How it is built
   between hosts.  ``Client.transports()`` / ``ServerEndpoint.view_transports()`` report the
   lanes UCX chose, from ``ucp_ep_print_info``.
 * **Liveness without UCX error handling.**  Each connection keeps the TCP socket its handshake
-  used (worker addresses are exchanged there).  The kernel closes it when a peer dies, which is
-  how a lost peer is noticed (``ConnectionLostError``); it also carries FLUSH/FLUSHED and BYE.
+  used (worker addresses are exchanged there, as JSON lines).  The kernel closes it when a peer
+  dies, which is how a lost peer is noticed (``ConnectionLostError``); it also carries
+  FLUSH/FLUSHED, BYE ("I send you nothing new") and DONE ("my sends to you all completed").
   Without error handling UCX cannot cancel a rendezvous send to a dead peer, and a failed CMA
-  read is a fatal error that aborts the process.  Two measures make loss recoverable:
+  read is a fatal error that aborts the process.  Three measures make loss recoverable:
 
   - a log handler pushed onto UCX's log (``ucs_log_push_handler``) swallows the fatal
-    ``process_vm_readv`` message from ``cma_ep.c``, so the read fails the endpoint (UCX then
-    completes every request on it with an error) instead of aborting the process;
+    ``process_vm_readv`` message from ``cma_ep.c``, so the read fails the endpoint instead of
+    aborting the process;
+  - contexts are created with ``PROTO_INDIRECT_ID=on``, so UCX tracks every send by id even
+    without error handling and a failed endpoint completes each one (with an error);
   - right after connecting, each side sends the other one *canary* message at the rendezvous
     threshold, which the receiver keeps unread.  When the peer goes away, reading its canary
     either succeeds (the peer is alive and closing: its canary send completes) or fails the
-    endpoint (the peer is dead), which releases every send still waiting for that peer.  Both
-    ways the worker is then released, with no descriptors left behind.
+    endpoint (the peer is dead), which ends every send still waiting for that peer.  Either
+    way the worker is then released, with no descriptors left behind.
+
+  Closing: each side reads what the other left (the canary, unread messages), says DONE once
+  its own requests completed, and frees its worker when it has the peer's DONE or EOF.
 * **Matching.**  Messages are taken off UCX's unexpected queue with ``tag_probe(remove=True)`` as
   they arrive and matched here, first posted first, with ``(msg_tag & mask) == (tag & mask)``;
   a matched message is received into the posted buffer with ``tag_recv_with_handle`` (eager data
@@ -44,12 +50,15 @@ How it is built
 * **Progress.**  Event driven on the event loop's thread: each worker's epoll descriptor is
   registered with the loop (``add_reader``), a pass progresses, probes, reaps completed
   requests and re-arms the worker.  No progress thread, no Python thread.  ``spin`` (seconds,
-  env ``ISTHMUS_TRANSPORT_SPIN_US``) keeps polling that long after traffic while receives wait.
+  env ``ISTHMUS_TRANSPORT_SPIN_US``; default 0 here, it did not pay on 2 shared cores) keeps
+  polling that long after traffic while receives wait.
 * **Configuration.**  ucxx sets ``UCX_RNDV_THRESH=8192``, ``UCX_MAX_RNDV_RAILS=1`` and
   ``UCX_RNDV_FRAG_MEM_TYPE=cuda`` in ``os.environ`` when imported.  Values the application did
   not set itself are overridden per context: the rendezvous threshold is ``rndv_threshold``
   (default :data:`DEFAULT_RNDV_THRESHOLD`), the others get UCX's defaults.  Any other ``UCX_*``
   variable is honoured as usual; ``ucx_config={"TLS": "tcp"}`` passes options to the context.
+  ucxx's ``UCX_MEMTYPE_CACHE=n`` is hidden from the first worker's environment check (UCX
+  1.19+ no longer knows it and would print a warning on stdout); the variable stays set.
 
 Where it differs from the core backends
 ---------------------------------------
@@ -76,6 +85,9 @@ Where it differs from the core backends
   cost for mid-size messages.  ``aclose(drain=True)`` waits (up to ``timeout``) for them too.
 * **Device buffers** (``__cuda_array_interface__``, e.g. CuPy) are passed to UCX as they are when
   the UCX context has CUDA support; ``arecv_message`` always allocates host memory.
+* **No TLS** (``ssl_context`` must be None): the TCP socket carries only the handshake and
+  control messages; data goes through UCX.  ``listen_address()`` / ``aconnect_address()``
+  work as in the core (the address names the TCP listener).
 * If a peer stops responding during a close, or a CMA-less configuration leaves a dead peer's
   rendezvous unreadable, that connection's worker cannot be released by UCX; it is kept (and
   logged) rather than risk a crash.
@@ -104,6 +116,7 @@ from typing import Any, Generic, TypeVar
 from ._aio import ADDRESS_PREFIX, Client, Message, Server, ServerEndpoint, is_local_address
 from ._buffers import recv_view, send_views
 from ._errors import (
+    BackendUnavailableError,
     BufferValidationError,
     ConnectionLostError,
     MessageTruncatedError,
@@ -138,16 +151,13 @@ PASS_ROUNDS = 32
 #: While requests are outstanding the worker is also progressed this often, in case UCX raised
 #: no event (ucxx's own blocking mode does the same, once a second).
 SAFETY_INTERVAL = 0.05
+_PROTO = "isthmus-transport-ucx/1"
 _CANARY_TAG = 0xCA_4A_12_1E_5A_FE_00_01  # any value: the canary is the first message, by position
 _UCXX_ENV_DEFAULTS = {"RNDV_THRESH": "8192", "MAX_RNDV_RAILS": "1", "RNDV_FRAG_MEM_TYPE": "cuda"}
 _UCX_DEFAULTS = {"MAX_RNDV_RAILS": "2", "RNDV_FRAG_MEM_TYPE": "host"}
 
 _POSTED, _ACTIVE, _FINISHED = 0, 1, 2
 _CONNECTING, _READY, _CLOSING, _CLOSED = 0, 1, 2, 3
-
-
-class BackendUnavailableError(TransportError, ImportError):
-    """The requested backend cannot be used here (for ``"ucx"``: ucxx is not installed)."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -315,6 +325,9 @@ class _Lib:
         config = {k: _UCX_DEFAULTS[k] for k in self.injected if k in _UCX_DEFAULTS}
         # Always explicit: the canary must be a rendezvous message (see the module notes).
         config["RNDV_THRESH"] = str(rndv_threshold)
+        # Track requests by id even without error handling, so that a failed endpoint
+        # completes every send still waiting on it ("auto" tracks only with error handling).
+        config["PROTO_INDIRECT_ID"] = "on"
         config.update(options or {})
         L = self.L
         return L.UCXContext(config, feature_flags=(L.Feature.TAG, L.Feature.WAKEUP))
@@ -733,13 +746,22 @@ class _Conn:
         self._ctl_send(
             {
                 "k": "hello",
-                "v": 1,
+                "proto": _PROTO,
                 "pid": os.getpid(),
                 "name": node.name,
                 "boot": _boot_id(),
                 "addr": address.hex(),
             }
         )
+
+    def __del__(self) -> None:
+        # Dropped without a close (no aclose(), loop gone): ask UCX to close the endpoint
+        # without waiting, or ucxx's destructor would wait for it, forever if the peer is dead.
+        ep = getattr(self, "ep", None)
+        if ep is not None:
+            self.ep = None
+            with contextlib.suppress(Exception):
+                ep.close()
 
     # --- state -------------------------------------------------------------------------------
     @property
@@ -822,12 +844,7 @@ class _Conn:
             cb = self.pending.pop(req, None)
             if cb is None:
                 continue
-            err: BaseException | None = None
-            try:
-                req.check_error()
-            except Exception as exc:
-                err = exc
-            cb(err)
+            cb(_req_error(req))
         if not self.pending:
             self._wake()
             if self.safety is not None:
@@ -1009,6 +1026,9 @@ class _Conn:
                 )
             return
         self.rbuf += data
+        if (self.state == _CONNECTING and not self.rbuf.startswith(b"{")) or len(self.rbuf) > 65536:
+            self._peer_gone(ProtocolError("peer is not an isthmus-transport UCX backend"))
+            return
         while b"\n" in self.rbuf:
             line, self.rbuf = self.rbuf.split(b"\n", 1)
             try:
@@ -1043,6 +1063,9 @@ class _Conn:
 
     def _on_hello(self, msg: dict[str, Any]) -> None:
         if self.state != _CONNECTING:
+            return
+        if msg.get("proto") != _PROTO:
+            self._peer_gone(ProtocolError(f"peer speaks {msg.get('proto')!r}, not {_PROTO!r}"))
             return
         try:
             self.peer_pid = int(msg["pid"])
@@ -1107,6 +1130,8 @@ class _Conn:
         if alive and not self.bye_sent:
             self.bye_sent = True
             self._ctl_send({"k": "bye"})
+        if self.worker is not None and not connecting:
+            self._read_leftovers()  # before anyone else's receive can match what it left
         self._start_release(exc, 2.0 if connecting else 10.0)
 
     def _start_release(self, exc: BaseException, limit: float) -> None:
@@ -1250,9 +1275,8 @@ class _Conn:
             return
         with contextlib.suppress(ValueError, RuntimeError, OSError):
             self.loop.remove_reader(self.fd)
-        for msg in self.node._u_unexpected_from(self):
-            if msg.data is None:
-                self.node._u_drop(msg)
+        for msg in [m for m in self.node._u_unexp if m.conn is self and m.data is None]:
+            self.node._u_drop(msg)  # never read out of UCX: gone with the worker
         ep = self.ep
         if ep is not None:
             try:
@@ -1315,10 +1339,12 @@ _KEPT: list[Any] = []
 
 
 def _req_error(req: Any) -> BaseException | None:
+    """The error a completed UCX request ended with, if any (without a traceback: one would
+    keep this frame, and through ``req`` the UCX worker, alive until the next GC)."""
     try:
         req.check_error()
     except Exception as exc:
-        return exc
+        return exc.with_traceback(None)
     return None
 
 
@@ -1436,6 +1462,8 @@ class _UcxNode:
             op.abort(TransportClosedError("closed"))
             return
         for msg in self._u_unexp:
+            if msg.probe is None and msg.data is None:
+                continue  # being copied out of a departed peer's UCX queue
             if op.matches(msg.tag):
                 if op.capacity >= 0 and msg.length > op.capacity:
                     op.abort(MessageTruncatedError(msg.tag, msg.length, op.capacity))
@@ -1733,10 +1761,13 @@ class UcxServer(_UcxNode, Server):
         name: str = "",
         rndv_threshold: int | None = None,
         spin: float | None = None,
+        ssl_context: Any = None,
         ucx_config: dict[str, str] | None = None,
     ) -> None:
+        _no_tls(ssl_context)
         self._u_init(backend, name, rndv_threshold, spin, ucx_config)
         # What the base classes' own code expects to find (none of it runs the core).
+        self._ssl = None
         self._worker = None
         self._loop = None
         self._closed = False
@@ -1959,9 +1990,14 @@ class UcxClient(_UcxNode, Client):
         rndv_threshold: int | None = None,
         spin: float | None = None,
         connect_timeout: float = 10.0,
+        ssl_context: Any = None,
+        server_hostname: str | None = None,
         ucx_config: dict[str, str] | None = None,
     ) -> None:
+        _no_tls(ssl_context)
         self._u_init(backend, name, rndv_threshold, spin, ucx_config)
+        self._ssl = None
+        self._server_hostname = server_hostname
         self._worker = None
         self._loop = None
         self._closed = False
@@ -2140,6 +2176,11 @@ class UcxClient(_UcxNode, Client):
     ) -> None:
         """Callback form of :meth:`aflush`."""
         _callbacks(self.aflush(), done_callback, fail_callback)
+
+
+def _no_tls(ssl_context: Any) -> None:
+    if ssl_context is not None:
+        raise ValueError("backend='ucx' has no TLS: UCX moves the data, not the TCP handshake")
 
 
 def _primary_ip() -> str:
