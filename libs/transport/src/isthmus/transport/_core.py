@@ -935,6 +935,30 @@ class Connection:
         if n == length:
             self._stream_done()
 
+    def adopt_stream(self, op: RecvOp) -> bool:
+        """A receive posted while a large DATA payload that nothing matched yet is still being read
+        into scratch memory takes it over: what arrived is copied once, the rest lands in place.
+
+        Only called when no queued message matches ``op``, so the stream is next in line for it.
+        """
+        if self.stream_view is None or self.stream_op is not None:
+            return False
+        if not op.matches(self.stream_tag):
+            return False
+        length = self.stream_len
+        if op.view is None:
+            op.materialize(length)
+        assert op.view is not None
+        if op.view.nbytes < length:
+            return False  # it fails when the message is whole, like any other truncation
+        target = op.view[:length]
+        target[: self.stream_got] = self.stream_view[: self.stream_got]
+        op.state = ACTIVE
+        self.stream_view = target
+        self.stream_op = op
+        self.stream_scratch = None
+        return True
+
     def stream_abandon(self, op: RecvOp) -> None:
         """The receive being streamed into was cancelled: read the rest into scratch instead."""
         if self.stream_op is not op or self.stream_view is None:
@@ -1365,6 +1389,9 @@ class Worker:
                 continue
             self._bind(op, msg)
             return
+        for conn in self.connections:
+            if conn.adopt_stream(op):
+                return
         matcher.add_posted(op)
         self.activity()
 
