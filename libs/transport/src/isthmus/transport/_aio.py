@@ -13,13 +13,14 @@ import secrets
 import socket
 import ssl
 from collections.abc import Callable, Iterable
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from ._buffers import recv_view, send_views
 from ._core import (
     BACKENDS,
     FULL_MASK,
     Connection,
+    Reactor,
     RecvOp,
     SendOp,
     Worker,
@@ -205,6 +206,9 @@ class Message:
 class _Node:
     """What Client and Server share: the worker, operation plumbing, flush and close."""
 
+    #: Keys ``get_worker_address()`` adds to the address, after the common ones.
+    _address_tags: ClassVar[dict[str, int]] = {}
+
     def __init__(
         self,
         *,
@@ -225,11 +229,8 @@ class _Node:
     def _w(self) -> Worker:
         worker = self._worker
         if worker is None:
-            if self._closed:
-                raise TransportClosedError(f"{type(self).__name__} is closed")
-            loop = asyncio.get_running_loop()
             worker = Worker(
-                loop,
+                self._worker_reactor(),
                 backend=self.backend,
                 name=self.name,
                 rndv_threshold=self._rndv_threshold,
@@ -237,8 +238,14 @@ class _Node:
             )
             worker.on_connection_lost = self._connection_lost
             self._worker = worker
-            self._loop = loop
         return worker
+
+    def _worker_reactor(self) -> Reactor:
+        """The event loop a new worker runs on; raises once closed."""
+        if self._closed:
+            raise TransportClosedError(f"{type(self).__name__} is closed")
+        loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     def _connection_lost(self, conn: Connection, exc: BaseException) -> None:
         worker = self._worker
@@ -476,6 +483,7 @@ class Server(_Node):
         if host in ("0.0.0.0", "::"):
             hosts = [_primary_ip(), "127.0.0.1"]
         info = {"boot": boot_id(), "port": port, "hosts": hosts, "name": self.name}
+        info.update(self._address_tags)
         return ADDRESS_PREFIX + json.dumps(info).encode()
 
     def set_accept_cb(self, on_accept: Callable[[ServerEndpoint], None]) -> None:
@@ -552,6 +560,11 @@ class Server(_Node):
             raise TypeError(f"expected a ServerEndpoint, got {type(client_ep).__name__}")
         return client_ep._conn
 
+    def _live_conn_of(self, client_ep: ServerEndpoint) -> Connection:
+        """:meth:`_conn_of` once the worker is up (a closed Server raises first)."""
+        self._w()
+        return self._conn_of(client_ep)
+
     # --- operations --------------------------------------------------------------------------
     def asend(
         self, client_ep: ServerEndpoint, buffer: Any, tag: int, *, timeout: float | None = None
@@ -560,8 +573,7 @@ class Server(_Node):
 
         Completes when the buffer may be reused; until then it is referenced and must not change.
         """
-        self._w()
-        return self._send(self._conn_of(client_ep), buffer, tag, timeout)
+        return self._send(self._live_conn_of(client_ep), buffer, tag, timeout)
 
     def arecv(
         self, buffer: Any, tag: int, tag_mask: int = FULL_MASK, *, timeout: float | None = None
@@ -617,8 +629,7 @@ class Server(_Node):
         fail_callback: Callable[[BaseException], None],
     ) -> None:
         """Callback form of :meth:`asend`."""
-        self._w()
-        self._cb_send(self._conn_of(client_ep), buffer, tag, done_callback, fail_callback)
+        self._cb_send(self._live_conn_of(client_ep), buffer, tag, done_callback, fail_callback)
 
     def recv(
         self,
@@ -835,6 +846,7 @@ class Client(_Node):
     def get_worker_address(self) -> bytes:
         """An address naming this client (for symmetry with Starway; clients do not listen)."""
         info = {"boot": boot_id(), "pid": os.getpid(), "name": self.name}
+        info.update(self._address_tags)
         return ADDRESS_PREFIX + json.dumps(info).encode()
 
     # callback forms

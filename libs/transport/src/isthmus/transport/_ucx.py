@@ -111,10 +111,21 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
-from ._aio import ADDRESS_PREFIX, Client, Message, Server, ServerEndpoint, is_local_address
+from ._aio import (
+    ADDRESS_PREFIX,
+    Client,
+    Message,
+    Server,
+    ServerEndpoint,
+    _pool_alloc,
+    _reject,
+    _resolve,
+    is_local_address,
+)
 from ._buffers import recv_view, send_views
+from ._core import boot_id
 from ._errors import (
     BackendUnavailableError,
     BufferValidationError,
@@ -441,20 +452,6 @@ def available() -> bool:
     return importlib.util.find_spec("ucxx") is not None
 
 
-_BOOT_ID: str | None = None
-
-
-def _boot_id() -> str:
-    global _BOOT_ID
-    if _BOOT_ID is None:
-        try:
-            with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-                _BOOT_ID = f.read().strip()
-        except OSError:
-            _BOOT_ID = socket.gethostname()
-    return _BOOT_ID
-
-
 def _check_tag(tag: int, what: str = "tag") -> int:
     if not isinstance(tag, int) or not 0 <= tag <= FULL_MASK:
         raise ValueError(f"{what} must be an int in [0, 2**64), got {tag!r}")
@@ -488,16 +485,6 @@ class _OpFuture(asyncio.Future[T], Generic[T]):
             self._op = None
             op.cancel()
         return True
-
-
-def _resolve(fut: asyncio.Future[Any], value: Any) -> None:
-    if not fut.done():
-        fut.set_result(value)
-
-
-def _reject(fut: asyncio.Future[Any], exc: BaseException) -> None:
-    if not fut.done():
-        fut.set_exception(exc)
 
 
 # ------------------------------------------------------------------------------------------
@@ -749,7 +736,7 @@ class _Conn:
                 "proto": _PROTO,
                 "pid": os.getpid(),
                 "name": node.name,
-                "boot": _boot_id(),
+                "boot": boot_id(),
                 "addr": address.hex(),
             }
         )
@@ -1383,6 +1370,7 @@ class _UcxNode:
     name: str
     backend: str
     _spin: float
+    _address_tags: ClassVar[dict[str, int]] = {"ucx": 1}
 
     def _u_init(
         self,
@@ -1517,6 +1505,8 @@ class _UcxNode:
             op.abort(exc)
 
     # --- operations --------------------------------------------------------------------------
+    # _send, _recv, _cb_send, _cb_recv and _flush_conns (with UcxServer._conn_of and
+    # UcxClient._c) replace the hooks that Server's and Client's public methods call.
     def _u_send_op(
         self,
         conn: _Conn,
@@ -1554,7 +1544,7 @@ class _UcxNode:
         arr = lib.Array(staged)
         return _SendOp(conn, [arr], [staged, arr], nbytes, done, fail)
 
-    def _u_send(
+    def _send(
         self,
         conn: _Conn,
         buffer: Any,
@@ -1571,7 +1561,7 @@ class _UcxNode:
             op.timer = loop.call_later(timeout, lambda: op.cancel(_timeout_error("send", timeout)))
         return fut
 
-    def _u_recv(
+    def _recv(
         self,
         buffer: Any,
         tag: int,
@@ -1598,7 +1588,7 @@ class _UcxNode:
             )
         return fut
 
-    def _u_cb_recv(
+    def _cb_recv(
         self,
         buffer: Any,
         tag: int,
@@ -1620,7 +1610,7 @@ class _UcxNode:
             )
         )
 
-    def _u_cb_send(
+    def _cb_send(
         self,
         conn: _Conn,
         buffer: Any,
@@ -1632,7 +1622,7 @@ class _UcxNode:
         self._u_start()
         conn.send(self._u_send_op(conn, buffer, done_callback, fail_callback), tag)
 
-    def _u_flush(self, conns: Iterable[_Conn]) -> asyncio.Future[None]:
+    def _flush_conns(self, conns: Iterable[_Conn]) -> asyncio.Future[None]:
         loop = self._u_start()
         futs: list[asyncio.Future[None]] = []
         for conn in conns:
@@ -1714,39 +1704,12 @@ def _address(view: memoryview) -> int:
     return address(view)
 
 
-def _pool_alloc(pool: Any) -> Callable[[int], Any] | None:
-    if pool is None:
-        return None
-    slot = int(pool.slot_size)
-
-    def alloc(n: int) -> Any:
-        return pool.acquire() if n <= slot else bytearray(n)
-
-    return alloc
-
-
-def _callbacks(
-    fut: asyncio.Future[Any],
-    done_callback: Callable[[], None],
-    fail_callback: Callable[[BaseException], None],
-) -> None:
-    def on_done(f: asyncio.Future[Any]) -> None:
-        if f.cancelled():
-            fail_callback(TransportClosedError("cancelled"))
-        elif f.exception() is not None:
-            fail_callback(f.exception())  # type: ignore[arg-type]
-        else:
-            done_callback()
-
-    fut.add_done_callback(on_done)
-
-
 # ------------------------------------------------------------------------------------------
 # the Server
 # ------------------------------------------------------------------------------------------
 
 
-class UcxServer(_UcxNode, Server):
+class UcxServer(_UcxNode, Server):  # type: ignore[misc]  # hooks on _Conn, not Connection
     """A :class:`~isthmus.transport.Server` whose data moves through UCX (see the module notes).
 
     ``rndv_threshold``: bytes from which UCX uses rendezvous (default
@@ -1774,12 +1737,11 @@ class UcxServer(_UcxNode, Server):
         self._all_gone = None
         self._rndv_threshold = rndv_threshold
         self._accept_cb: Callable[[ServerEndpoint], None] | None = None
-        self._clients = {}
+        self._clients: dict[Any, ServerEndpoint] = {}  # _Conn keys
         self._address: tuple[str, int] = ("", 0)
         self._worker_address = None
         self._n = 0
         self._u_listener: socket.socket | None = None
-        self._u_eps: dict[_Conn, ServerEndpoint] = {}
 
     # --- listening ---------------------------------------------------------------------------
     def listen(self, addr: str, port: int) -> None:
@@ -1808,25 +1770,6 @@ class UcxServer(_UcxNode, Server):
             self.listen(host, 0)
         return self.get_worker_address()
 
-    def get_worker_address(self) -> bytes:
-        """Bytes that :meth:`UcxClient.aconnect_address` connects with (after ``listen``)."""
-        if not self._address[1]:
-            raise TransportError("not listening: call listen() or listen_address() first")
-        host, port = self._address
-        hosts = [host]
-        if host in ("0.0.0.0", "::"):
-            hosts = [_primary_ip(), "127.0.0.1"]
-        info = {"boot": _boot_id(), "port": port, "hosts": hosts, "name": self.name, "ucx": 1}
-        return ADDRESS_PREFIX + json.dumps(info).encode()
-
-    def set_accept_cb(self, on_accept: Callable[[ServerEndpoint], None]) -> None:
-        """Call ``on_accept(endpoint)`` (on the loop) for each client once it is connected."""
-        self._accept_cb = on_accept
-
-    def list_clients(self) -> set[ServerEndpoint]:
-        """The endpoints of the clients connected now."""
-        return set(self._u_eps.values())
-
     def _u_accept(self) -> None:
         lsock = self._u_listener
         if lsock is None or self._u_closed:
@@ -1852,7 +1795,7 @@ class UcxServer(_UcxNode, Server):
         remote = conn.remote
         ep = ServerEndpoint(conn, f"{remote[0]}:{remote[1]}#{self._n}", self._address, remote)  # type: ignore[arg-type]
         conn.endpoint = ep
-        self._u_eps[conn] = ep
+        self._clients[conn] = ep
         if self._accept_cb is not None:
             try:
                 self._accept_cb(ep)
@@ -1860,7 +1803,7 @@ class UcxServer(_UcxNode, Server):
                 log.exception("accept callback raised")
 
     def _u_conn_lost(self, conn: _Conn, exc: BaseException) -> None:
-        self._u_eps.pop(conn, None)
+        self._clients.pop(conn, None)
         with contextlib.suppress(ValueError):
             self._u_conns.remove(conn)
 
@@ -1877,7 +1820,7 @@ class UcxServer(_UcxNode, Server):
                 self._u_loop.remove_reader(lsock.fileno())
         lsock.close()
 
-    def _u_conn_of(self, client_ep: ServerEndpoint) -> _Conn:
+    def _conn_of(self, client_ep: ServerEndpoint) -> _Conn:  # type: ignore[override]
         if not isinstance(client_ep, ServerEndpoint):
             raise TypeError(f"expected a ServerEndpoint, got {type(client_ep).__name__}")
         conn: Any = client_ep._conn
@@ -1885,25 +1828,10 @@ class UcxServer(_UcxNode, Server):
             raise TransportError("that endpoint does not belong to this server")
         return conn
 
+    def _live_conn_of(self, client_ep: ServerEndpoint) -> _Conn:  # type: ignore[override]
+        return self._conn_of(client_ep)  # the operation itself checks for a closed UcxServer
+
     # --- operations --------------------------------------------------------------------------
-    def asend(
-        self, client_ep: ServerEndpoint, buffer: Any, tag: int, *, timeout: float | None = None
-    ) -> asyncio.Future[None]:
-        """Send ``buffer`` (or a list of buffers, as one message) to one client with ``tag``."""
-        return self._u_send(self._u_conn_of(client_ep), buffer, tag, timeout)
-
-    def arecv(
-        self, buffer: Any, tag: int, tag_mask: int = FULL_MASK, *, timeout: float | None = None
-    ) -> asyncio.Future[tuple[int, int]]:
-        """Receive from any client into ``buffer``: ``(sender_tag, length)``."""
-        return self._u_recv(buffer, tag, tag_mask, timeout, lambda t, n, _c, _b: (t, n))
-
-    def arecv_from(
-        self, buffer: Any, tag: int, tag_mask: int = FULL_MASK, *, timeout: float | None = None
-    ) -> asyncio.Future[tuple[ServerEndpoint, int, int]]:
-        """Like :meth:`arecv` and also says who sent it: ``(endpoint, sender_tag, length)``."""
-        return self._u_recv(buffer, tag, tag_mask, timeout, lambda t, n, c, _b: (c.endpoint, t, n))
-
     def arecv_message(
         self,
         tag: int,
@@ -1913,7 +1841,7 @@ class UcxServer(_UcxNode, Server):
         timeout: float | None = None,
     ) -> asyncio.Future[Message]:
         """Receive a message of unknown size (host memory; from ``pool`` when given)."""
-        return self._u_recv(
+        return self._recv(
             None,
             tag,
             tag_mask,
@@ -1924,54 +1852,12 @@ class UcxServer(_UcxNode, Server):
 
     def aflush(self) -> asyncio.Future[None]:
         """Complete once every send so far completed and every client took it off UCX."""
-        return self._u_flush([c for c in self._u_conns if c.state == _READY])
-
-    def aflush_ep(self, client_ep: ServerEndpoint) -> asyncio.Future[None]:
-        """:meth:`aflush` for one client."""
-        return self._u_flush([self._u_conn_of(client_ep)])
+        return self._flush_conns([c for c in self._u_conns if c.state == _READY])
 
     def aclose(self, *, drain: bool = True, timeout: float | None = 30.0) -> asyncio.Future[None]:
         """Close: finish in-flight sends (``drain``), say goodbye to every client, release UCX."""
         self._closed = True
         return asyncio.ensure_future(self._u_close(drain, timeout))
-
-    # callback forms
-    def send(
-        self,
-        client_ep: ServerEndpoint,
-        buffer: Any,
-        tag: int,
-        done_callback: Callable[[], None],
-        fail_callback: Callable[[BaseException], None],
-    ) -> None:
-        """Callback form of :meth:`asend`."""
-        self._u_cb_send(self._u_conn_of(client_ep), buffer, tag, done_callback, fail_callback)
-
-    def recv(
-        self,
-        buffer: Any,
-        tag: int,
-        tag_mask: int,
-        done_callback: Callable[[int, int], None],
-        fail_callback: Callable[[BaseException], None],
-    ) -> None:
-        """Callback form of :meth:`arecv`."""
-        self._u_cb_recv(buffer, tag, tag_mask, done_callback, fail_callback)
-
-    def flush(
-        self, done_callback: Callable[[], None], fail_callback: Callable[[BaseException], None]
-    ) -> None:
-        """Callback form of :meth:`aflush`."""
-        _callbacks(self.aflush(), done_callback, fail_callback)
-
-    def flush_ep(
-        self,
-        client_ep: ServerEndpoint,
-        done_callback: Callable[[], None],
-        fail_callback: Callable[[BaseException], None],
-    ) -> None:
-        """Callback form of :meth:`aflush_ep`."""
-        _callbacks(self.aflush_ep(client_ep), done_callback, fail_callback)
 
 
 # ------------------------------------------------------------------------------------------
@@ -1979,7 +1865,7 @@ class UcxServer(_UcxNode, Server):
 # ------------------------------------------------------------------------------------------
 
 
-class UcxClient(_UcxNode, Client):
+class UcxClient(_UcxNode, Client):  # type: ignore[misc]  # hooks on _Conn, not Connection
     """A :class:`~isthmus.transport.Client` whose data moves through UCX (see the module notes)."""
 
     def __init__(
@@ -2003,14 +1889,13 @@ class UcxClient(_UcxNode, Client):
         self._closed = False
         self._all_gone = None
         self._rndv_threshold = rndv_threshold
-        self._conn = None
+        self._conn: Any = None  # the _Conn once connected
         self._connect_timeout = connect_timeout
-        self._u_conn: _Conn | None = None
 
     @property
     def connected(self) -> bool:
         """True between a successful connect and close or loss of the connection."""
-        conn = self._u_conn
+        conn: _Conn | None = self._conn
         return conn is not None and conn.state == _READY
 
     def transports(self) -> list[tuple[str, str]]:
@@ -2018,11 +1903,11 @@ class UcxClient(_UcxNode, Client):
 
         Read from ``ucp_ep_print_info``: what UCX chose for this endpoint, not a guess.
         """
-        return self._u_c().transports()
+        return self._c().transports()
 
     def ucx_info(self) -> str:
         """UCX's own description of the endpoint (``ucp_ep_print_info``): lanes and protocols."""
-        return self._u_c().ucx_info()
+        return self._c().ucx_info()
 
     def aconnect(self, addr: str, port: int) -> asyncio.Future[None]:
         """Connect to a UcxServer's ``listen(addr, port)``."""
@@ -2037,12 +1922,12 @@ class UcxClient(_UcxNode, Client):
         info = json.loads(remote_address[len(ADDRESS_PREFIX) :])
         port = int(info["port"])
         hosts = [str(h) for h in info["hosts"]]
-        if info.get("boot") == _boot_id():
+        if info.get("boot") == boot_id():
             hosts.sort(key=lambda h: not is_local_address(h))
         return asyncio.ensure_future(self._u_connect([(h, port) for h in hosts]))
 
     async def _u_connect(self, targets: list[tuple[str, int]]) -> None:
-        if self._u_conn is not None:
+        if self._conn is not None:
             raise TransportError("already connected")
         loop = self._u_start()
         errors = []
@@ -2076,41 +1961,26 @@ class UcxClient(_UcxNode, Client):
             raise
         conn.on_ready = lambda _c: _resolve(ready, None)
         conn.on_fail = lambda e: _reject(ready, e)
-        self._u_conn = conn
+        self._conn = conn
         try:
             await asyncio.wait_for(ready, self._connect_timeout)
         except BaseException:
             if conn.state == _CONNECTING:
                 conn._peer_gone(ConnectionLostError("handshake did not complete"))
-            self._u_conn = None
+            self._conn = None
             raise
 
     def _u_conn_lost(self, conn: _Conn, exc: BaseException) -> None:
-        if conn is self._u_conn:
+        if conn is self._conn:
             self._u_fail_posted(exc)  # nobody else can satisfy this client's receives
 
-    def _u_c(self) -> _Conn:
-        conn = self._u_conn
+    def _c(self) -> _Conn:  # type: ignore[override]
+        conn: _Conn | None = self._conn
         if conn is None:
             if self._u_closed:
                 raise TransportClosedError("Client is closed")
             raise TransportError("not connected: await aconnect() first")
         return conn
-
-    def asend(self, buffer: Any, tag: int, *, timeout: float | None = None) -> asyncio.Future[None]:
-        """Send ``buffer`` (or a list of buffers, as one message) with ``tag``."""
-        return self._u_send(self._u_c(), buffer, tag, timeout)
-
-    def arecv(
-        self, buffer: Any, tag: int, tag_mask: int = FULL_MASK, *, timeout: float | None = None
-    ) -> asyncio.Future[tuple[int, int]]:
-        """Receive into ``buffer`` the first message whose tag matches: ``(sender_tag, length)``."""
-        conn = self._u_conn
-        if conn is not None and conn.closed:
-            fut: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
-            fut.set_exception(conn._closed_error())
-            return fut
-        return self._u_recv(buffer, tag, tag_mask, timeout, lambda t, n, _c, _b: (t, n))
 
     def arecv_message(
         self,
@@ -2121,12 +1991,12 @@ class UcxClient(_UcxNode, Client):
         timeout: float | None = None,
     ) -> asyncio.Future[Message]:
         """Receive a message of unknown size (host memory; from ``pool`` when given)."""
-        conn = self._u_conn
+        conn: _Conn | None = self._conn
         if conn is not None and conn.closed:
             fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
             fut.set_exception(conn._closed_error())
             return fut
-        return self._u_recv(
+        return self._recv(
             None,
             tag,
             tag_mask,
@@ -2137,56 +2007,14 @@ class UcxClient(_UcxNode, Client):
 
     def aflush(self) -> asyncio.Future[None]:
         """Complete once every send so far completed and the Server took it off UCX."""
-        return self._u_flush([self._u_c()])
+        return self._flush_conns([self._c()])
 
     def aclose(self, *, drain: bool = True, timeout: float | None = 30.0) -> asyncio.Future[None]:
         """Close: finish in-flight sends (``drain``), say goodbye, release UCX."""
         self._closed = True
         return asyncio.ensure_future(self._u_close(drain, timeout))
 
-    def get_worker_address(self) -> bytes:
-        """An address naming this client (for symmetry with Starway; clients do not listen)."""
-        info = {"boot": _boot_id(), "pid": os.getpid(), "name": self.name, "ucx": 1}
-        return ADDRESS_PREFIX + json.dumps(info).encode()
-
-    # callback forms
-    def send(
-        self,
-        buffer: Any,
-        tag: int,
-        done_callback: Callable[[], None],
-        fail_callback: Callable[[BaseException], None],
-    ) -> None:
-        """Callback form of :meth:`asend`."""
-        self._u_cb_send(self._u_c(), buffer, tag, done_callback, fail_callback)
-
-    def recv(
-        self,
-        buffer: Any,
-        tag: int,
-        tag_mask: int,
-        done_callback: Callable[[int, int], None],
-        fail_callback: Callable[[BaseException], None],
-    ) -> None:
-        """Callback form of :meth:`arecv`."""
-        self._u_cb_recv(buffer, tag, tag_mask, done_callback, fail_callback)
-
-    def flush(
-        self, done_callback: Callable[[], None], fail_callback: Callable[[BaseException], None]
-    ) -> None:
-        """Callback form of :meth:`aflush`."""
-        _callbacks(self.aflush(), done_callback, fail_callback)
-
 
 def _no_tls(ssl_context: Any) -> None:
     if ssl_context is not None:
         raise ValueError("backend='ucx' has no TLS: UCX moves the data, not the TCP handshake")
-
-
-def _primary_ip() -> str:
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("10.255.255.255", 1))  # no packet is sent: this only picks a route
-            return str(s.getsockname()[0])
-    except OSError:
-        return "127.0.0.1"

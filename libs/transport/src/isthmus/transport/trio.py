@@ -45,7 +45,6 @@ from ._core import (
     Connection,
     RecvOp,
     SendOp,
-    Worker,
     boot_id,
     timeout_error,
     tls_handshake,
@@ -322,29 +321,18 @@ class _TrioCore(_aio._Node):
     _reactor: _TrioReactor | None = None
     _gone: trio.Event | None = None
 
-    def _w(self) -> Worker:
-        worker = self._worker
-        if worker is None:
-            if self._closed:
-                raise TransportClosedError(
-                    f"{type(self).__name__.strip('_').removesuffix('Core')} is closed"
-                )
-            reactor = self._reactor
-            if reactor is None:
-                raise TransportError(
-                    "a trio Server/Client works inside its `async with` block: "
-                    "`async with isthmus.transport.trio.Server() as server: ...`"
-                )
-            worker = Worker(
-                reactor,
-                backend=self.backend,
-                name=self.name,
-                rndv_threshold=self._rndv_threshold,
-                spin=self._spin,
+    def _worker_reactor(self) -> _TrioReactor:
+        if self._closed:
+            raise TransportClosedError(
+                f"{type(self).__name__.strip('_').removesuffix('Core')} is closed"
             )
-            worker.on_connection_lost = self._connection_lost
-            self._worker = worker
-        return worker
+        reactor = self._reactor
+        if reactor is None:
+            raise TransportError(
+                "a trio Server/Client works inside its `async with` block: "
+                "`async with isthmus.transport.trio.Server() as server: ...`"
+            )
+        return reactor
 
     def _connection_lost(self, conn: Connection, exc: BaseException) -> None:
         super()._connection_lost(conn, exc)
@@ -598,8 +586,7 @@ class Server(_Node[_ServerCore]):
 
         Returns when the buffer may be reused; until then it must not change.
         """
-        self._core._w()
-        await self._send(self._core._conn_of(client_ep), buffer, tag, timeout)
+        await self._send(self._core._live_conn_of(client_ep), buffer, tag, timeout)
 
     async def arecv(
         self, buffer: Any, tag: int, tag_mask: int = FULL_MASK, *, timeout: float | None = None
@@ -644,8 +631,7 @@ class Server(_Node[_ServerCore]):
 
     async def aflush_ep(self, client_ep: ServerEndpoint) -> None:
         """:meth:`aflush` for one client."""
-        self._core._w()
-        await self._flush([self._core._conn_of(client_ep)])
+        await self._flush([self._core._live_conn_of(client_ep)])
 
     # --- callback forms (the callbacks run in the reactor's tasks) ----------------------------
     def send(
@@ -683,8 +669,7 @@ class Server(_Node[_ServerCore]):
         fail_callback: Callable[[BaseException], None],
     ) -> None:
         """Callback form of :meth:`aflush_ep`."""
-        self._core._w()
-        self._flush_cb([self._core._conn_of(client_ep)], done_callback, fail_callback)
+        self._flush_cb([self._core._live_conn_of(client_ep)], done_callback, fail_callback)
 
 
 class Client(_Node[_ClientCore]):
