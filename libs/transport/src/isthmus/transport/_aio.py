@@ -346,7 +346,32 @@ class _Node:
         worker.close(TransportClosedError(f"{type(self).__name__} closed"))
         self._worker = None
 
+    def aflush(self) -> asyncio.Future[None]:
+        """Complete once every send issued so far completed and every peer processed it."""
+        raise NotImplementedError
+
+    def aclose(self, *, drain: bool = True, timeout: float | None = 30.0) -> asyncio.Future[None]:
+        """Close: finish in-flight sends first (``drain``), then release every socket."""
+        return asyncio.ensure_future(self._close(drain, timeout))
+
     # Callback forms: the core completes on the loop thread, so these run there too.
+    def recv(
+        self,
+        buffer: Any,
+        tag: int,
+        tag_mask: int,
+        done_callback: Callable[[int, int], None],
+        fail_callback: Callable[[BaseException], None],
+    ) -> None:
+        """Callback form of :meth:`arecv`."""
+        self._cb_recv(buffer, tag, tag_mask, done_callback, fail_callback)
+
+    def flush(
+        self, done_callback: Callable[[], None], fail_callback: Callable[[BaseException], None]
+    ) -> None:
+        """Callback form of :meth:`aflush`."""
+        _callbacks(self.aflush(), done_callback, fail_callback)
+
     def _cb_send(
         self,
         conn: Connection,
@@ -615,10 +640,6 @@ class Server(_Node):
         """:meth:`aflush` for one client."""
         return self._flush_conns([self._conn_of(client_ep)])
 
-    def aclose(self, *, drain: bool = True, timeout: float | None = 30.0) -> asyncio.Future[None]:
-        """Close: finish in-flight sends first (``drain``), then release every socket."""
-        return asyncio.ensure_future(self._close(drain, timeout))
-
     # callback forms
     def send(
         self,
@@ -630,23 +651,6 @@ class Server(_Node):
     ) -> None:
         """Callback form of :meth:`asend`."""
         self._cb_send(self._live_conn_of(client_ep), buffer, tag, done_callback, fail_callback)
-
-    def recv(
-        self,
-        buffer: Any,
-        tag: int,
-        tag_mask: int,
-        done_callback: Callable[[int, int], None],
-        fail_callback: Callable[[BaseException], None],
-    ) -> None:
-        """Callback form of :meth:`arecv`."""
-        self._cb_recv(buffer, tag, tag_mask, done_callback, fail_callback)
-
-    def flush(
-        self, done_callback: Callable[[], None], fail_callback: Callable[[BaseException], None]
-    ) -> None:
-        """Callback form of :meth:`aflush`."""
-        _callbacks(self.aflush(), done_callback, fail_callback)
 
     def flush_ep(
         self,
@@ -839,10 +843,6 @@ class Client(_Node):
         """Complete once every send issued so far completed and the Server processed them."""
         return self._flush_conns([self._c()])
 
-    def aclose(self, *, drain: bool = True, timeout: float | None = 30.0) -> asyncio.Future[None]:
-        """Close: finish in-flight sends first (``drain``), then release the socket."""
-        return asyncio.ensure_future(self._close(drain, timeout))
-
     def get_worker_address(self) -> bytes:
         """An address naming this client (for symmetry with Starway; clients do not listen)."""
         info = {"boot": boot_id(), "pid": os.getpid(), "name": self.name}
@@ -859,23 +859,6 @@ class Client(_Node):
     ) -> None:
         """Callback form of :meth:`asend`."""
         self._cb_send(self._c(), buffer, tag, done_callback, fail_callback)
-
-    def recv(
-        self,
-        buffer: Any,
-        tag: int,
-        tag_mask: int,
-        done_callback: Callable[[int, int], None],
-        fail_callback: Callable[[BaseException], None],
-    ) -> None:
-        """Callback form of :meth:`arecv`."""
-        self._cb_recv(buffer, tag, tag_mask, done_callback, fail_callback)
-
-    def flush(
-        self, done_callback: Callable[[], None], fail_callback: Callable[[BaseException], None]
-    ) -> None:
-        """Callback form of :meth:`aflush`."""
-        _callbacks(self.aflush(), done_callback, fail_callback)
 
 
 def _callbacks(

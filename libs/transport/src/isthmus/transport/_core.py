@@ -348,6 +348,20 @@ class Msg:
 # ------------------------------------------------------------------------------------------
 
 
+def _remove_keyed(queues: dict[int, deque[Any]], key: int, item: Any) -> bool:
+    """Remove ``item`` from ``queues[key]``, dropping the queue once empty; False if absent."""
+    q = queues.get(key)
+    if q is None:
+        return False
+    try:
+        q.remove(item)
+    except ValueError:
+        return False
+    if not q:
+        del queues[key]
+    return True
+
+
 class Matcher:
     """UCX-style ordered tag matching: ``(msg_tag & mask) == (tag & mask)``, first posted first.
 
@@ -383,16 +397,7 @@ class Matcher:
 
     def remove_posted(self, op: RecvOp) -> bool:
         if op.mask == FULL_MASK:
-            q = self.exact.get(op.tag)
-            if q is None:
-                return False
-            try:
-                q.remove(op)
-            except ValueError:
-                return False
-            if not q:
-                del self.exact[op.tag]
-            return True
+            return _remove_keyed(self.exact, op.tag, op)
         try:
             self.masked.remove(op)
         except ValueError:
@@ -441,15 +446,8 @@ class Matcher:
         return best
 
     def remove_unexpected(self, msg: Msg) -> bool:
-        q = self.unexpected.get(msg.tag)
-        if q is None:
+        if not _remove_keyed(self.unexpected, msg.tag, msg):
             return False
-        try:
-            q.remove(msg)
-        except ValueError:
-            return False
-        if not q:
-            del self.unexpected[msg.tag]
         self.n_unexpected -= 1
         return True
 

@@ -35,11 +35,56 @@ def _reason(cb: Callable[[str], None]) -> Callable[[BaseException], None]:
     return lambda exc: cb(str(exc) or type(exc).__name__)
 
 
-class Server:
+class _Common:
+    """What Starway's Server and Client share, on either of ours."""
+
+    _impl: _Server | _Client
+
+    def aclose(self, loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Future[None]:
+        """Close, after draining in-flight sends."""
+        return self._impl.aclose()
+
+    def recv(
+        self,
+        buffer: Any,
+        tag: int,
+        tag_mask: int,
+        done_callback: Callable[[int, int], None],
+        fail_callback: Callable[[str], None],
+    ) -> None:
+        """Receive (on a Server: from any client); ``done_callback(sender_tag, length)``."""
+        self._impl.recv(buffer, tag, tag_mask, done_callback, _reason(fail_callback))
+
+    def arecv(
+        self,
+        buffer: Any,
+        tag: int,
+        tag_mask: int,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> asyncio.Future[tuple[int, int]]:
+        """Receive (on a Server: from any client): ``(sender_tag, length)``."""
+        return self._impl.arecv(buffer, tag, tag_mask)
+
+    def flush(
+        self, done_callback: Callable[[], None], fail_callback: Callable[[str], None]
+    ) -> None:
+        """Callback form of :meth:`aflush`."""
+        self._impl.flush(done_callback, _reason(fail_callback))
+
+    def aflush(self, loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Future[None]:
+        """Wait for every send so far to complete."""
+        return self._impl.aflush()
+
+    def get_worker_address(self) -> bytes:
+        """The worker address (a Server's after ``listen``)."""
+        return self._impl.get_worker_address()
+
+
+class Server(_Common):
     """Starway's ``Server``."""
 
     def __init__(self) -> None:
-        self._server = _Server()
+        self._server = self._impl = _Server()
 
     def listen(self, addr: str, port: int) -> None:
         """Listen on ``addr:port``."""
@@ -53,17 +98,9 @@ class Server:
         """Call ``on_accept(endpoint)`` for each connecting client."""
         self._server.set_accept_cb(on_accept)
 
-    def aclose(self, loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Future[None]:
-        """Close, after draining in-flight sends."""
-        return self._server.aclose()
-
     def list_clients(self) -> set[ServerEndpoint]:
         """The connected clients."""
         return self._server.list_clients()
-
-    def get_worker_address(self) -> bytes:
-        """The worker address (after ``listen``)."""
-        return self._server.get_worker_address()
 
     def send(
         self,
@@ -86,37 +123,6 @@ class Server:
         """Send to one client."""
         return self._server.asend(client_ep, buffer, tag)
 
-    def recv(
-        self,
-        buffer: Any,
-        tag: int,
-        tag_mask: int,
-        done_callback: Callable[[int, int], None],
-        fail_callback: Callable[[str], None],
-    ) -> None:
-        """Receive from any client; ``done_callback(sender_tag, length)``."""
-        self._server.recv(buffer, tag, tag_mask, done_callback, _reason(fail_callback))
-
-    def arecv(
-        self,
-        buffer: Any,
-        tag: int,
-        tag_mask: int,
-        loop: asyncio.AbstractEventLoop | None = None,
-    ) -> asyncio.Future[tuple[int, int]]:
-        """Receive from any client: ``(sender_tag, length)``."""
-        return self._server.arecv(buffer, tag, tag_mask)
-
-    def flush(
-        self, done_callback: Callable[[], None], fail_callback: Callable[[str], None]
-    ) -> None:
-        """Callback form of :meth:`aflush`."""
-        self._server.flush(done_callback, _reason(fail_callback))
-
-    def aflush(self, loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Future[None]:
-        """Wait for every send so far to complete."""
-        return self._server.aflush()
-
     def flush_ep(
         self,
         client_ep: ServerEndpoint,
@@ -133,11 +139,11 @@ class Server:
         return self._server.aflush_ep(client_ep)
 
 
-class Client:
+class Client(_Common):
     """Starway's ``Client``."""
 
     def __init__(self) -> None:
-        self._client = _Client()
+        self._client = self._impl = _Client()
 
     def aconnect(
         self, addr: str, port: int, loop: asyncio.AbstractEventLoop | None = None
@@ -150,31 +156,6 @@ class Client:
     ) -> asyncio.Future[None]:
         """Connect with a Server's worker address."""
         return self._client.aconnect_address(remote_address)
-
-    def aclose(self, loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Future[None]:
-        """Close, after draining in-flight sends."""
-        return self._client.aclose()
-
-    def recv(
-        self,
-        buffer: Any,
-        tag: int,
-        tag_mask: int,
-        done_callback: Callable[[int, int], None],
-        fail_callback: Callable[[str], None],
-    ) -> None:
-        """Receive; ``done_callback(sender_tag, length)``."""
-        self._client.recv(buffer, tag, tag_mask, done_callback, _reason(fail_callback))
-
-    def arecv(
-        self,
-        buffer: Any,
-        tag: int,
-        tag_mask: int,
-        loop: asyncio.AbstractEventLoop | None = None,
-    ) -> asyncio.Future[tuple[int, int]]:
-        """Receive: ``(sender_tag, length)``."""
-        return self._client.arecv(buffer, tag, tag_mask)
 
     def send(
         self,
@@ -191,17 +172,3 @@ class Client:
     ) -> asyncio.Future[None]:
         """Send."""
         return self._client.asend(buffer, tag)
-
-    def flush(
-        self, done_callback: Callable[[], None], fail_callback: Callable[[str], None]
-    ) -> None:
-        """Callback form of :meth:`aflush`."""
-        self._client.flush(done_callback, _reason(fail_callback))
-
-    def aflush(self, loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Future[None]:
-        """Wait for every send so far to complete."""
-        return self._client.aflush()
-
-    def get_worker_address(self) -> bytes:
-        """This client's address."""
-        return self._client.get_worker_address()
