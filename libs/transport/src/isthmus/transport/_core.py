@@ -509,7 +509,7 @@ class Connection:
         self.stream_op: RecvOp | None = None
         self.stream_scratch: bytearray | None = None
         # write side
-        self.wq: deque[list[Any]] = deque()  # [views, op-or-None]
+        self.wq: deque[list[Any]] = deque()  # [views, op-or-None, partly written]
         self.writing = False
         # sends not complete yet, in issue order (seq -> op), and rendezvous ids -> op
         self.send_seq = 0
@@ -657,7 +657,9 @@ class Connection:
                     self._send_complete(op)
                 return
             views = _advance(views, sent)
-        self.wq.append([views, op])
+            self.wq.append([views, op, sent > 0])
+        else:
+            self.wq.append([views, op, False])
         if not self.writing:
             self.writing = True
             self.reactor.add_writer(self.fd, self.on_writable)
@@ -673,6 +675,7 @@ class Connection:
                 views = _advance(views, sent)
                 if views:
                     entry[0] = views
+                    entry[2] = entry[2] or sent > 0
                     if sent == 0:
                         return
                     continue
@@ -714,7 +717,7 @@ class Connection:
             return
         for i, entry in enumerate(self.wq):
             if entry[1] is op:
-                if i == 0 and _started(entry[0], op):
+                if i == 0 and entry[2]:
                     # Half on the wire: the rest is written (the queue entry holds the views)
                     # or the stream would be torn; the caller hears of the failure now.
                     op.abort(exc)
@@ -1275,16 +1278,6 @@ def _advance(views: list[Any], sent: int) -> list[Any]:
     if rest and sent:
         rest[0] = memoryview(rest[0])[sent:]
     return rest
-
-
-def _started(views: list[Any], op: SendOp) -> bool:
-    """Whether a queued DATA frame is partly written (its header view is no longer whole)."""
-    first = views[0]
-    return not (
-        isinstance(first, bytes)
-        and len(first) == HLEN
-        and len(views) == 1 + sum(1 for v in op.views if v.nbytes)
-    )
 
 
 def _gather(views: Sequence[memoryview], offset: int, dst: memoryview) -> None:
