@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from _proc_tokens import assert_none_left, tagged
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "frame-stream" / "frame_stream.py"
 TOKEN_VAR = "ISTHMUS_FRAME_STREAM_TEST"
@@ -69,28 +71,11 @@ def _needs_gl() -> None:
 
 
 def _tagged(token: str) -> list[int]:
-    """Pids of live processes whose environment carries ``token``."""
-    needle = f"{TOKEN_VAR}={token}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:  # gone meanwhile, or not ours
-            continue
-        if state != "Z" and needle in environ.split(b"\0"):
-            pids.append(int(entry.name))
-    return pids
+    return tagged(TOKEN_VAR, token)
 
 
 def _assert_none_left(token: str, grace: float = 10.0) -> None:
-    # multiprocessing's resource tracker may take a moment after its parent to notice the EOF.
-    deadline = time.monotonic() + grace
-    while (left := _tagged(token)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not left, f"processes left behind: {left}"
+    assert_none_left(TOKEN_VAR, token, grace)
 
 
 def _env(token: str) -> dict[str, str]:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import hashlib
 import importlib.util
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ if __name__ != "__main__" and importlib.util.find_spec("ucxx") is None:
         "ucxx is not installed (pip install 'isthmus-transport[ucx]')", allow_module_level=True
     )
 
+from _support import payload, until
 from isthmus.transport import (
     BACKENDS,
     Client,
@@ -68,13 +68,6 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def payload(n: int, seed: int = 0) -> np.ndarray[Any, Any]:
-    block = hashlib.blake2b(seed.to_bytes(8, "little"), digest_size=64).digest()
-    out = np.frombuffer(block * (n // 64 + 1), dtype=np.uint8)[:n].copy()
-    out ^= (np.arange(n, dtype=np.uint64) // 64 % 251).astype(np.uint8)
-    return out
-
-
 def run(coro: Coroutine[Any, Any, Any], limit: float = 60.0) -> Any:
     return asyncio.run(asyncio.wait_for(coro, limit))
 
@@ -97,14 +90,6 @@ async def pair(**kw: Any) -> AsyncIterator[tuple[UcxServer, UcxClient, ServerEnd
     finally:
         await client.aclose(drain=ok, timeout=10)
         await server.aclose(drain=ok, timeout=10)
-
-
-async def until(cond: Callable[[], bool], what: str = "condition", limit: float = 20.0) -> None:
-    deadline = time.monotonic() + limit
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not become true")
-        await asyncio.sleep(0.005)
 
 
 def _cma_allowed() -> bool:
