@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import pytest
-from _client import LineClient
 
+from _client import LineClient
 from isthmus.chat import LineProtocolServer
 
 

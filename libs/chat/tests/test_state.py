@@ -65,7 +65,9 @@ class Inbox:
         return [i["m"] for i in self.items if "m" in i]
 
     def events(self, kind: str | None = None) -> list[dict[str, object]]:
-        return [i["e"] for i in self.items if "e" in i and (kind is None or i["e"]["event"] == kind)]
+        return [
+            i["e"] for i in self.items if "e" in i and (kind is None or i["e"]["event"] == kind)
+        ]
 
 
 JSON = JsonFormatter()
@@ -85,14 +87,22 @@ async def test_the_default_room_exists_and_a_message_reaches_every_member(chat: 
     chat.join(a, "main")
     chat.join(b, "#Main")  # IRC spelling and case reach the same room
     msg = await chat.send(a, "main", "hello")
-    assert (msg.room, msg.seq, msg.sender, msg.text, msg.id) == ("main", 1, "alice", "hello", "main/1")
+    assert (msg.room, msg.seq, msg.sender, msg.text, msg.id) == (
+        "main",
+        1,
+        "alice",
+        "hello",
+        "main/1",
+    )
     assert [m["text"] for m in bbox.messages()] == ["hello"]
     assert [m["text"] for m in abox.messages()] == ["hello"]  # echo formatter
     assert [e["actor"] for e in abox.events("join")] == ["alice", "bob"]
 
 
 @pytest.mark.asyncio
-async def test_a_no_echo_formatter_does_not_get_its_own_message_and_encoding_is_shared(chat: Chat) -> None:
+async def test_a_no_echo_formatter_does_not_get_its_own_message_and_encoding_is_shared(
+    chat: Chat,
+) -> None:
     calls = []
 
     class Counting(NoEcho):
@@ -416,7 +426,11 @@ async def test_rooms_topics_modes_and_history_survive_a_restart(tmp_path: Path) 
             chat.post(a, "dev", f"m{i}")
     async with Chat(store=SQLiteStore(db), limits=Limits(rate=0)) as chat:
         room = chat.room("dev")
-        assert (room.topic, room.record.owner, room.is_moderator("bob")) == ("the topic", "alice", True)
+        assert (room.topic, room.record.owner, room.is_moderator("bob")) == (
+            "the topic",
+            "alice",
+            True,
+        )
         assert room.last_seq == 5
         a = await chat.connect("alice", front="t")
         chat.join(a, "dev")

@@ -45,6 +45,7 @@ __all__ = [
     "Formatter",
     "InvalidName",
     "LimitExceeded",
+    "Limits",
     "LineFormatter",
     "LineProtocolServer",
     "MemoryStore",

@@ -37,30 +37,56 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--config", metavar="FILE", help="TOML or YAML settings file")
     s.add_argument("--host", help=f"address to bind (default {_DEFAULTS.host})")
-    s.add_argument("--line-port", type=int, help=f"seed line protocol port (default {_DEFAULTS.line_port})")
+    s.add_argument(
+        "--line-port", type=int, help=f"seed line protocol port (default {_DEFAULTS.line_port})"
+    )
     s.add_argument("--irc-port", type=int, help=f"IRC port (default {_DEFAULTS.irc_port})")
-    s.add_argument("--http-port", type=int, help=f"REST/WebSocket/web page port (default {_DEFAULTS.http_port})")
-    s.add_argument("--no-line", dest="line", action="store_const", const=False, help="no line protocol")
+    s.add_argument(
+        "--http-port",
+        type=int,
+        help=f"REST/WebSocket/web page port (default {_DEFAULTS.http_port})",
+    )
+    s.add_argument(
+        "--no-line", dest="line", action="store_const", const=False, help="no line protocol"
+    )
     s.add_argument("--no-irc", dest="irc", action="store_const", const=False, help="no IRC")
     s.add_argument("--no-http", dest="http", action="store_const", const=False, help="no HTTP")
-    s.add_argument("--db", help="SQLite file, :memory: or a postgresql:// DSN (default isthmus-chat.db)")
-    s.add_argument("--redis", metavar="URL", help="redis:// URL of the backplane shared with other servers")
+    s.add_argument(
+        "--db", help="SQLite file, :memory: or a postgresql:// DSN (default isthmus-chat.db)"
+    )
+    s.add_argument(
+        "--redis", metavar="URL", help="redis:// URL of the backplane shared with other servers"
+    )
     s.add_argument("--ssl-certfile", help="TLS certificate (PEM): TLS on every front end")
     s.add_argument("--ssl-keyfile", help="TLS private key (PEM)")
     s.add_argument("--server-name", help="name in IRC replies and the status")
     s.add_argument("--motd", help="IRC message of the day")
     s.add_argument("--default-rooms", help="comma-separated rooms that always exist (default main)")
-    s.add_argument("--require-account", dest="require_account", action="store_const", const=True,
-                   help="refuse guests: every client must log in")
-    s.add_argument("--secret", help="hex key that signs session tokens (default: kept in the store)")
+    s.add_argument(
+        "--require-account",
+        dest="require_account",
+        action="store_const",
+        const=True,
+        help="refuse guests: every client must log in",
+    )
+    s.add_argument(
+        "--secret", help="hex key that signs session tokens (default: kept in the store)"
+    )
     s.add_argument("--max-clients", type=int, help=f"default {_DEFAULTS.max_clients}")
     s.add_argument("--max-message-length", type=int, help=f"default {_DEFAULTS.max_message_length}")
     s.add_argument("--rate", type=float, help="messages per second per connection (0: unlimited)")
     s.add_argument("--burst", type=int, help="token-bucket size per connection")
-    s.add_argument("--send-queue-bytes", type=int, help="unsent bytes before a slow client is dropped")
+    s.add_argument(
+        "--send-queue-bytes", type=int, help="unsent bytes before a slow client is dropped"
+    )
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    s.add_argument("--access-log", dest="access_log", action="store_const", const=True,
-                   help="log every HTTP request")
+    s.add_argument(
+        "--access-log",
+        dest="access_log",
+        action="store_const",
+        const=True,
+        help="log every HTTP request",
+    )
 
     r = sub.add_parser("register", help="create an account in the server's database")
     r.add_argument("name")
@@ -72,11 +98,31 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-_SERVE_KEYS = (
-    "host line_port irc_port http_port line irc http db redis ssl_certfile ssl_keyfile server_name "
-    "motd default_rooms require_account secret max_clients max_message_length rate burst "
-    "send_queue_bytes log_level access_log"
-).split()
+_SERVE_KEYS = [
+    "host",
+    "line_port",
+    "irc_port",
+    "http_port",
+    "line",
+    "irc",
+    "http",
+    "db",
+    "redis",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "server_name",
+    "motd",
+    "default_rooms",
+    "require_account",
+    "secret",
+    "max_clients",
+    "max_message_length",
+    "rate",
+    "burst",
+    "send_queue_bytes",
+    "log_level",
+    "access_log",
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,7 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "register":
         password = args.password
         if password is None:
-            password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+            password = (
+                getpass.getpass("password: ")
+                if sys.stdin.isatty()
+                else sys.stdin.readline().rstrip("\n")
+            )
         config = load_config({"db": args.db})
         return asyncio.run(_register(config, args.name, password))
     if args.command == "status":

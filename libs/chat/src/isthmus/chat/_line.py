@@ -69,8 +69,30 @@ class LineConn(LineConnection):
     """One line-protocol client."""
 
     VERBS: ClassVar[frozenset[str]] = frozenset(
-        "HELLO NEW JOIN PART SEND DM MSG LIST WHO TOPIC HISTORY KICK MODE REGISTER AUTH PAUSE "
-        "RESUME STATUS PING HELP QUIT ERROR".split()
+        [
+            "HELLO",
+            "NEW",
+            "JOIN",
+            "PART",
+            "SEND",
+            "DM",
+            "MSG",
+            "LIST",
+            "WHO",
+            "TOPIC",
+            "HISTORY",
+            "KICK",
+            "MODE",
+            "REGISTER",
+            "AUTH",
+            "PAUSE",
+            "RESUME",
+            "STATUS",
+            "PING",
+            "HELP",
+            "QUIT",
+            "ERROR",
+        ]
     )
 
     def __init__(self, server: LineServer) -> None:
@@ -127,21 +149,24 @@ class LineConn(LineConnection):
             return self.session
         if not cid:
             raise ChatError("say HELLO room:id first")
-        await self._register(cid)
-        assert self.session is not None
+        session = await self._register(cid)
         if room:
-            self.chat.join(self.session, room)
-        return self.session
+            self.chat.join(session, room)
+        return session
 
-    async def _register(self, cid: str) -> None:
+    async def _register(self, cid: str) -> Session:
         if cid == "client":
             n = len(self.chat.sessions) + 1
             while f"client{n}".casefold() in self.chat.sessions:
                 n += 1
             cid = f"client{n}"
-        account = self.account if self.account and self.account.casefold() == cid.casefold() else None
-        self.session = await self.chat.connect(cid, front="line", sink=self, account=account)
-        self.session.info["peer"] = self.peer
+        account = (
+            self.account if self.account and self.account.casefold() == cid.casefold() else None
+        )
+        session = await self.chat.connect(cid, front="line", sink=self, account=account)
+        session.info["peer"] = self.peer
+        self.session = session
+        return session
 
     # ------------------------------------------------------------- commands
 
@@ -149,11 +174,9 @@ class LineConn(LineConnection):
         room, cid = self._split_target(arg.split(" ")[0]) if arg else ("main", "client")
         if cid is None:  # "HELLO alice": no room part
             room, cid = "main", room
-        if self.session is None:
-            await self._register(cid or "client")
-        assert self.session is not None
-        joined = self.chat.join(self.session, room or "main")
-        self.ok("HELLO", self.session.nick, joined.name)
+        session = self.session or await self._register(cid or "client")
+        joined = self.chat.join(session, room or "main")
+        self.ok("HELLO", session.nick, joined.name)
 
     async def cmd_new(self, arg: str) -> None:
         target, _, topic = arg.partition(" ")
@@ -209,8 +232,10 @@ class LineConn(LineConnection):
     async def cmd_who(self, arg: str) -> None:
         r = self.chat.room(arg.strip() or "main")
         for s in sorted(r.members.values(), key=lambda s: s.key):
-            role = "owner" if s.key == r.record.owner.casefold() else (
-                "moderator" if s.key in r.record.moderators else "member"
+            role = (
+                "owner"
+                if s.key == r.record.owner.casefold()
+                else ("moderator" if s.key in r.record.moderators else "member")
             )
             self.reply(f"WHO {r.name} {s.nick} {s.status.value} {s.front} {role}\n".encode())
         self.ok("WHO", r.name, len(r.members))
@@ -295,7 +320,9 @@ class LineConn(LineConnection):
     async def cmd_quit(self, arg: str) -> None:
         nick = self.session.nick if self.session is not None else "-"
         if self.session is not None:
-            self.session.status = Status.CLOSING
+            session, self.session = self.session, None
+            session.status = Status.CLOSING
+            self.chat.disconnect(session, "quit")
         self.ok("QUIT", nick)
         self._advance()
         self.close("quit")
@@ -325,7 +352,7 @@ class LineProtocolServer(LineServer):
     def __init__(self, chat: Chat) -> None:
         super().__init__(chat, LineFormatter())
 
-    async def start(  # type: ignore[override]
+    async def start(
         self,
         host: str | None = "127.0.0.1",
         port: int = 10010,
@@ -335,5 +362,3 @@ class LineProtocolServer(LineServer):
     ) -> Any:
         """Listen on ``host:port`` (the seed's 10010 by default; 0 picks a free port)."""
         return await super().start(host, port, ssl_context=ssl_context, **kw)
-
-

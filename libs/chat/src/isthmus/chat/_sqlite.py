@@ -150,8 +150,7 @@ class SQLiteStore(Store):
             ).fetchall()
         else:
             rows = self.db.execute(
-                f"SELECT {cols} FROM messages WHERE room = ? AND seq < ? "
-                "ORDER BY seq DESC LIMIT ?",
+                f"SELECT {cols} FROM messages WHERE room = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
                 (room, 2**62 if before is None else before, limit),
             ).fetchall()
             rows.reverse()

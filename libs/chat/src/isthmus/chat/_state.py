@@ -362,7 +362,10 @@ class Chat:
         if msg.kind == "dm":
             members: Iterable[Session] = [
                 s
-                for s in (self.sessions.get(msg.sender.casefold()), self.sessions.get((msg.target or "").casefold()))
+                for s in (
+                    self.sessions.get(msg.sender.casefold()),
+                    self.sessions.get((msg.target or "").casefold()),
+                )
                 if s is not None
             ]
         else:
@@ -547,9 +550,7 @@ class Chat:
         missed: list[Message] = []
         for name, seq in session.paused_at.items():
             while True:
-                page = await self.store.history(
-                    name, after=seq, limit=self.limits.history_page_max
-                )
+                page = await self.store.history(name, after=seq, limit=self.limits.history_page_max)
                 missed.extend(page)
                 if len(page) < self.limits.history_page_max:
                     break
@@ -637,7 +638,9 @@ class Chat:
         room = Room(rec)
         self.rooms[canonical] = room
         self._persist_room(room)
-        self._emit(Event("room", canonical, session.nick, None, topic, rec.created), local_only=True)
+        self._emit(
+            Event("room", canonical, session.nick, None, topic, rec.created), local_only=True
+        )
         self.join(session, canonical)
         return room
 
@@ -784,7 +787,9 @@ class Chat:
         self._check_send(session, text)
         if session.status is Status.CONNECTED:
             session.status = Status.ACTIVE
-        draft = Draft(dm_key(session.nick, peer.nick), session.nick, text, time.time(), "dm", peer.nick)
+        draft = Draft(
+            dm_key(session.nick, peer.nick), session.nick, text, time.time(), "dm", peer.nick
+        )
         return self._enqueue(_Op(draft=draft))
 
     async def send_dm(self, session: Session, target: str, text: str) -> Message:
@@ -843,4 +848,3 @@ def _banned(rec: RoomRecord, nick: str) -> bool:
 
 async def _noop() -> None:
     return None
-

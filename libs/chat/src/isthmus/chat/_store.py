@@ -151,12 +151,12 @@ class MemoryStore(Store):
         key = account.name.casefold()
         if key in self._accounts:
             raise NameInUse(f"account {account.name!r} exists")
-        self._accounts[key] = Account(account.name, account.password_hash, account.created or time.time())
+        self._accounts[key] = Account(
+            account.name, account.password_hash, account.created or time.time()
+        )
 
     async def get_meta(self, key: str) -> str | None:
         return self._meta.get(key)
 
     async def set_meta(self, key: str, value: str) -> None:
         self._meta[key] = value
-
-

@@ -63,7 +63,9 @@ class Outbox:
             conn._flush()
 
 
-_Reply = bytes | tuple[asyncio.Future[Any], Callable[[Any], bytes], Callable[[BaseException], bytes]]
+_Reply = (
+    bytes | tuple[asyncio.Future[Any], Callable[[Any], bytes], Callable[[BaseException], bytes]]
+)
 
 
 class LineConnection(asyncio.BufferedProtocol):
@@ -293,7 +295,7 @@ class LineServer:
         self.connections: set[LineConnection] = set()
         self._pool = BufferPool(_RECV_SIZE, 1, exhaustion="raise")
         self._slot = self._pool.acquire()
-        self.rbuf: memoryview = memoryview(self._slot.asarray()).cast("B")
+        self.rbuf: memoryview = self._slot.asarray().data.cast("B")
         self.outbox = Outbox()
         self._server: asyncio.Server | None = None
 
