@@ -25,6 +25,7 @@ from ._errors import (
     SlowConsumer,
     StoreError,
 )
+from ._irc import IrcFormatter, IrcServer
 from ._line import LineFormatter, LineProtocolServer
 from ._model import Account, Event, Limits, Message, RoomRecord, Status, dm_key
 from ._sink import Formatter, Sink
@@ -44,6 +45,8 @@ __all__ = [
     "Event",
     "Formatter",
     "InvalidName",
+    "IrcFormatter",
+    "IrcServer",
     "LimitExceeded",
     "Limits",
     "LineFormatter",
