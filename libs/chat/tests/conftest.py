@@ -18,7 +18,10 @@ import psutil
 import pytest
 import pytest_asyncio
 
+from _services import pg_dsn, postgres_server, redis_server, service_pids
 from isthmus.chat import Chat, Limits, LineProtocolServer, SQLiteStore
+
+__all__ = ["pg_dsn", "postgres_server", "redis_server"]  # session services, for every test file
 
 
 @pytest_asyncio.fixture
@@ -60,13 +63,27 @@ def _threads() -> set[str]:
     }
 
 
+def _children() -> set[int]:
+    """Live descendants, except the session's servers (tests/_services.py) and their children."""
+    out = set()
+    services = service_pids()
+    for child in psutil.Process().children():
+        if child.pid in services:
+            continue
+        with contextlib.suppress(psutil.Error):
+            for p in [child, *child.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    if p.status() != psutil.STATUS_ZOMBIE:
+                        out.add(p.pid)
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _no_leaks() -> Iterator[None]:
     """Fail a test that leaves sockets, files, threads or child processes behind."""
     before_fds = _fds()
     before_threads = _threads()
-    me = psutil.Process()
-    before_children = {p.pid for p in me.children(recursive=True)}
+    before_children = _children()
     yield
     deadline = time.monotonic() + 3.0
     while True:
@@ -78,9 +95,7 @@ def _no_leaks() -> Iterator[None]:
             and "pytest" not in target
         }
         leaked_threads = _threads() - before_threads
-        children = {
-            p.pid for p in me.children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE
-        } - before_children
+        children = _children() - before_children
         if not (leaked_fds or leaked_threads or children) or time.monotonic() > deadline:
             break
         time.sleep(0.05)

@@ -27,6 +27,8 @@ from ._errors import (
 )
 from ._irc import IrcFormatter, IrcServer
 from ._line import LineFormatter, LineProtocolServer
+from ._postgres import PostgresStore
+from ._redis import RedisBackplane
 from ._model import Account, Event, Limits, Message, RoomRecord, Status, dm_key
 from ._sink import Formatter, Sink
 from ._sqlite import SQLiteStore
@@ -58,7 +60,9 @@ __all__ = [
     "NoSuchRoom",
     "NotInRoom",
     "PermissionDenied",
+    "PostgresStore",
     "RateLimited",
+    "RedisBackplane",
     "Room",
     "RoomExists",
     "RoomRecord",

@@ -49,7 +49,7 @@ from ._ratelimit import TokenBucket
 from ._sink import Sink
 from ._store import Draft, MemoryStore, Store
 
-__all__ = ["Backplane", "Chat", "Room", "Session"]
+__all__ = ["Backplane", "Chat", "RemoteClient", "Room", "Session"]
 
 log = logging.getLogger("isthmus.chat")
 
@@ -141,11 +141,30 @@ class Room:
         }
 
 
+class RemoteClient:
+    """A client connected to another node, as that node announced it on the backplane."""
+
+    __slots__ = ("nick", "node", "rooms")
+
+    def __init__(self, node: str, nick: str) -> None:
+        self.node = node
+        self.nick = nick
+        self.rooms: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"<RemoteClient {self.nick}@{self.node} {sorted(self.rooms)}>"
+
+
 class Backplane:
     """Shares messages, events and room changes between server processes (scale-out).
 
     Subclasses deliver what other nodes publish by calling ``on_remote(payload)`` on the loop
-    thread; :meth:`publish` must not block (queue and send from a task).
+    thread, never the node's own payloads; :meth:`publish` must not block (queue and send from
+    a task). Payloads are JSON-able dicts ``{"t": kind, "node": node_id, ...}``. Besides what
+    the chat publishes, a backplane delivers two kinds of its own: ``{"t": "up"}`` each time it
+    (re)connects or hears from a node it did not know (the chat then announces its clients and
+    asks the others for theirs), and ``{"t": "gone", "node": id}`` when a node said goodbye or
+    fell silent (the chat then drops that node's clients).
     """
 
     node_id: str = ""
@@ -212,6 +231,8 @@ class Chat:
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
         self._listeners: list[Callable[[str, Any], None]] = []
+        #: Clients on other nodes (casefolded nick -> client), learnt from the backplane.
+        self.remote_clients: dict[str, RemoteClient] = {}
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -378,16 +399,24 @@ class Chat:
         cache: dict[int, bytes] = {}
         n = 0
         suspended = Status.SUSPENDED
+        # Neighbouring members mostly share a formatter: an identity check on the previous one
+        # skips the cache lookup (this loop runs once per delivery).
+        last: object = None
+        data = b""
+        echo = True
         for s in members:
             sink = s.sink
             if sink is None or s.status is suspended:
                 continue
             fmt = sink.fmt
-            if not fmt.echo and s.key == sender:
+            if fmt is not last:
+                last, echo = fmt, fmt.echo
+                cached = cache.get(id(fmt))
+                if cached is None:
+                    cached = cache[id(fmt)] = fmt.message(msg)
+                data = cached
+            if not echo and s.key == sender:
                 continue
-            data = cache.get(id(fmt))
-            if data is None:
-                data = cache[id(fmt)] = fmt.message(msg)
             sink.push(data)
             n += 1
         self.counters["deliveries"] += n
@@ -417,28 +446,77 @@ class Chat:
         for listener in self._listeners:
             listener("event", ev)
 
+    def _publish(self, payload: dict[str, Any]) -> None:
+        if self.backplane is not None:
+            payload["node"] = self.backplane.node_id
+            self.backplane.publish(payload)
+
+    def _snapshot(self) -> dict[str, list[str]]:
+        """This node's clients and their rooms, for the ``hello``/``sync`` payloads."""
+        return {s.nick: sorted(s.rooms) for s in self.sessions.values()}
+
+    def _remote_client(self, node: str, nick: str) -> RemoteClient:
+        rc = self.remote_clients.get(nick.casefold())
+        if rc is None:
+            rc = self.remote_clients[nick.casefold()] = RemoteClient(node, nick)
+        else:
+            rc.node, rc.nick = node, nick
+        return rc
+
+    def _drop_remote(self, key: str, quit_reason: str | None = None) -> RemoteClient | None:
+        """Forget a remote client; with ``quit_reason``, its rooms' members see it quit."""
+        rc = self.remote_clients.pop(key, None)
+        if rc is None:
+            return None
+        now = time.time()
+        for name in sorted(rc.rooms):
+            room = self.rooms.get(name)
+            present = room is not None and room.remote.pop(key, None) is not None
+            if present and quit_reason is not None:
+                self._emit(Event("quit", name, rc.nick, None, quit_reason, now), local_only=True)
+        return rc
+
+    def _apply_snapshot(self, node: str, clients: dict[str, list[str]]) -> None:
+        for key in [k for k, rc in self.remote_clients.items() if rc.node == node]:
+            self._drop_remote(key)
+        for nick, rooms in clients.items():
+            if nick.casefold() in self.sessions:
+                continue  # a stale announcement of a nick that is connected here now
+            rc = self._remote_client(node, str(nick))
+            for name in rooms:
+                room = self.rooms.get(name)
+                if room is not None:
+                    room.remote[rc.nick.casefold()] = rc.nick
+                    rc.rooms.add(name)
+
     def _on_remote(self, payload: dict[str, Any]) -> None:
         """Apply what another node published."""
         kind = payload.get("t")
+        node = str(payload.get("node", ""))
         try:
             if kind == "msg":
                 self._fanout(Message.from_json(payload["msg"]))
             elif kind == "ev":
                 ev = Event.from_json(payload["ev"])
                 room = self.rooms.get(ev.room)
+                victim: Session | None = None
                 if room is not None:
                     key = (ev.target or ev.actor).casefold()
                     if ev.kind == "join":
                         room.remote[ev.actor.casefold()] = ev.actor
+                        self._remote_client(node, ev.actor).rooms.add(room.name)
                     elif ev.kind in ("part", "quit", "kick"):
                         room.remote.pop(key, None)
+                        rc = self.remote_clients.get(key)
+                        if rc is not None:
+                            rc.rooms.discard(room.name)
                     elif ev.kind == "topic":
                         room.record.topic = ev.text
                     if ev.kind == "kick" and ev.target is not None:
                         victim = room.members.get(ev.target.casefold())
                         if victim is not None:
                             self._leave(victim, room)
-                self._emit(ev, local_only=True)
+                self._emit(ev, local_only=True, extra=victim)  # the kicked member sees it too
             elif kind == "room":
                 from ._sqlite import room_from_json
 
@@ -448,7 +526,29 @@ class Chat:
                     self.rooms[rec.name] = Room(rec)
                 else:
                     room.record = rec
-        except (KeyError, ValueError, TypeError):
+            elif kind == "sess":  # a client connected (up), left, or was renamed (old)
+                old = payload.get("old")
+                rc = self._drop_remote(str(old).casefold()) if old else None
+                nick = str(payload["nick"])
+                if payload.get("up"):
+                    new = self._remote_client(node, nick)
+                    for name in rc.rooms if rc is not None else ():
+                        room = self.rooms.get(name)
+                        if room is not None:
+                            room.remote[new.nick.casefold()] = new.nick
+                            new.rooms.add(name)
+                else:
+                    self._drop_remote(nick.casefold())
+            elif kind in ("hello", "sync"):  # a node's clients; "hello" asks for ours too
+                self._apply_snapshot(node, payload["clients"])
+                if kind == "hello":
+                    self._publish({"t": "sync", "clients": self._snapshot()})
+            elif kind == "up":  # our backplane (re)connected: announce, ask for the others
+                self._publish({"t": "hello", "clients": self._snapshot()})
+            elif kind == "gone":  # a node left or fell silent: its clients quit
+                for key in [k for k, rc in self.remote_clients.items() if rc.node == node]:
+                    self._drop_remote(key, "node gone")
+        except (KeyError, ValueError, TypeError, AttributeError):
             log.warning("dropped a malformed backplane payload: %.200r", payload)
 
     # ---------------------------------------------------------------- sessions
@@ -483,11 +583,14 @@ class Chat:
             if old.sink is not None:
                 old.sink.close("logged in elsewhere")
             self.disconnect(old, "logged in elsewhere")
+        elif account is None and key in self.remote_clients:
+            raise NameInUse(f"{nick} is in use on another node")
         if len(self.sessions) >= self.limits.max_clients:
             raise LimitExceeded(f"the server is full ({self.limits.max_clients} clients)")
         session = Session(nick, front, sink, account, self.limits)
         self.sessions[key] = session
         self.counters["connections"] += 1
+        self._publish({"t": "sess", "nick": nick, "up": True})
         return session
 
     def disconnect(self, session: Session, reason: str = "") -> None:
@@ -506,6 +609,7 @@ class Chat:
             ev = Event("quit", name, session.nick, None, reason, now)
             self._emit(ev)
         session.rooms.clear()
+        self._publish({"t": "sess", "nick": session.nick, "up": False})
 
     def rename(self, session: Session, new: str) -> str:
         """Change a guest's nickname (IRC ``NICK``). Returns the old one."""
@@ -523,6 +627,7 @@ class Chat:
             room.members[key] = session
         session.nick, session.key = new, key
         self.sessions[key] = session
+        self._publish({"t": "sess", "nick": new, "old": old, "up": True})
         return old
 
     def session(self, nick: str) -> Session:
@@ -710,6 +815,9 @@ class Chat:
         if victim is not None:
             self._leave(victim, room)
         room.remote.pop(target.casefold(), None)
+        rc = self.remote_clients.get(target.casefold())
+        if rc is not None:
+            rc.rooms.discard(room.name)
 
     def set_mode(
         self, session: Session, name: str, flag: str, arg: str | None = None
@@ -780,8 +888,8 @@ class Chat:
         return await self.post(session, room, text, kind)
 
     def post_dm(self, session: Session, target: str, text: str) -> asyncio.Future[Message]:
-        """Send a direct message to the connected client ``target``."""
-        peer = self.sessions.get(target.casefold())
+        """Send a direct message to the client ``target``, connected here or on another node."""
+        peer = self.sessions.get(target.casefold()) or self.remote_clients.get(target.casefold())
         if peer is None:
             raise NoSuchClient(f"no client named {target}")
         self._check_send(session, text)
