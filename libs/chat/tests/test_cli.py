@@ -183,3 +183,13 @@ def test_server_config_limits_roundtrip() -> None:
     cfg = ServerConfig(max_clients=5, rate=0, send_queue_bytes=1024)
     limits = cfg.limits()
     assert (limits.max_clients, limits.rate, limits.send_queue_bytes) == (5, 0, 1024)
+
+
+def test_an_unreachable_database_is_one_line_not_a_traceback() -> None:
+    port = _free_port()  # nothing listens there
+    dsn = f"postgresql://nobody@127.0.0.1:{port}/chat"
+    with _serve("--no-irc", "--no-http", "--line-port", "0", "--db", dsn) as proc:
+        assert proc.wait(30) == 1
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        assert "isthmus-chat:" in out and "Traceback" not in out

@@ -143,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         try:
             asyncio.run(serve(config))
-        except OSError as exc:
+        except (OSError, ChatError, ImportError) as exc:
+            # A busy port, an unreachable database or Redis, a missing extra: one line, no trace.
             print(f"isthmus-chat: {exc}", file=sys.stderr)
             return 1
         return 0

@@ -27,6 +27,7 @@ Replies: ``OK <VERB> ...`` or ``ERR <VERB> <CODE> <text>``. Deliveries:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 from typing import Any, ClassVar
@@ -183,7 +184,9 @@ class LineConn(LineConnection):
         room, cid = self._split_target(target)
         s = await self._ensure(cid)
         r = self.chat.create_room(s, room, topic)
-        self.ok("NEW", r.name)
+        # OK only once the room is in the store: a crash after OK NEW must not lose it.
+        saved = asyncio.ensure_future(self.chat.flush())
+        self.reply_later(saved, lambda _r: f"OK NEW {r.name}\n".encode(), _err("NEW"))
 
     async def cmd_join(self, arg: str) -> None:
         room, cid = self._split_target(arg.split(" ")[0])
@@ -221,7 +224,9 @@ class LineConn(LineConnection):
             names = [r.name for r in self.chat.list_rooms()]
             self.reply(("LIST rooms " + " ".join(names)).rstrip().encode() + b"\n")
         elif kind in ("clients", "client"):
-            names = sorted((s.nick for s in self.chat.sessions.values()), key=str.casefold)
+            names = [s.nick for s in self.chat.sessions.values()]
+            names += [rc.nick for rc in self.chat.remote_clients.values()]  # on other nodes
+            names.sort(key=str.casefold)
             self.reply(("LIST clients " + " ".join(names)).rstrip().encode() + b"\n")
         elif kind in ("members", "member"):
             r = self.chat.room(room.strip() or "main")
