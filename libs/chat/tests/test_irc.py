@@ -356,7 +356,7 @@ async def test_privmsg_notice_and_direct_messages(
     assert [(m.verb, m.params) for m in got] == [
         ("PRIVMSG", ["alice", "to both"]),
         ("PRIVMSG", ["#main", "to both"]),
-        ("PRIVMSG", ["alice", "quiet"]),  # the state has one kind of direct message
+        ("NOTICE", ["alice", "quiet"]),  # a notice to a nick stays a notice
     ]
     a.send("PRIVMSG #main", "PRIVMSG", "PRIVMSG #main :")
     got = await a.sync()

@@ -201,7 +201,7 @@ class IrcFormatter:
     def message(self, msg: Message) -> bytes:
         """``PRIVMSG``/``NOTICE`` to ``#room`` (or to the recipient's nick for a DM)."""
         verb = "NOTICE" if msg.kind == "notice" else "PRIVMSG"
-        target = msg.target if msg.kind == "dm" and msg.target else "#" + msg.room
+        target = msg.target if msg.room[0] == "@" and msg.target else "#" + msg.room
         mask = self._server.mask(msg.sender)
         return f"{self._tags(msg.ts, msg.id)}:{mask} {verb} {target} :{msg.text}\r\n".encode()
 
@@ -947,8 +947,7 @@ class IrcConn(LineConnection):
                 if target.startswith("#"):
                     fut = self.chat.post(s, target[1:], text, "notice" if notice else "msg")
                 else:
-                    # A NOTICE to a nick is a direct message too: the state has one DM kind.
-                    fut = self.chat.post_dm(s, target, text)
+                    fut = self.chat.post_dm(s, target, text, "notice" if notice else "dm")
             except ChatError as exc:
                 self.reply(self._error(exc, verb, target))
                 continue

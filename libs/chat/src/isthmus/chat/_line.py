@@ -46,7 +46,7 @@ class LineFormatter:
     echo = True
 
     def message(self, msg: Message) -> bytes:
-        if msg.kind == "dm":
+        if msg.room[0] == "@":  # direct message or notice
             return f"DM {msg.sender} {msg.seq} {msg.text}\n".encode()
         return f"MSG {msg.room} {msg.sender} {msg.seq} {msg.text}\n".encode()
 

@@ -380,7 +380,7 @@ class Chat:
 
     def _fanout(self, msg: Message) -> None:
         self.counters["messages"] += 1
-        if msg.kind == "dm":
+        if msg.room[0] == "@":  # a direct message (or notice): its two parties
             members: Iterable[Session] = [
                 s
                 for s in (
@@ -887,8 +887,11 @@ class Chat:
         """:meth:`post` and wait: returns the durable, delivered :class:`Message`."""
         return await self.post(session, room, text, kind)
 
-    def post_dm(self, session: Session, target: str, text: str) -> asyncio.Future[Message]:
-        """Send a direct message to the client ``target``, connected here or on another node."""
+    def post_dm(
+        self, session: Session, target: str, text: str, kind: MessageKind = "dm"
+    ) -> asyncio.Future[Message]:
+        """Send a direct message to the client ``target``, connected here or on another node.
+        ``kind="notice"`` marks an IRC NOTICE (which clients must not answer automatically)."""
         peer = self.sessions.get(target.casefold()) or self.remote_clients.get(target.casefold())
         if peer is None:
             raise NoSuchClient(f"no client named {target}")
@@ -896,13 +899,15 @@ class Chat:
         if session.status is Status.CONNECTED:
             session.status = Status.ACTIVE
         draft = Draft(
-            dm_key(session.nick, peer.nick), session.nick, text, time.time(), "dm", peer.nick
+            dm_key(session.nick, peer.nick), session.nick, text, time.time(), kind, peer.nick
         )
         return self._enqueue(_Op(draft=draft))
 
-    async def send_dm(self, session: Session, target: str, text: str) -> Message:
+    async def send_dm(
+        self, session: Session, target: str, text: str, kind: MessageKind = "dm"
+    ) -> Message:
         """:meth:`post_dm` and wait."""
-        return await self.post_dm(session, target, text)
+        return await self.post_dm(session, target, text, kind)
 
     async def history(
         self,
