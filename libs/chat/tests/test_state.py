@@ -267,13 +267,15 @@ async def test_nicknames_are_unique_case_insensitively(chat: Chat) -> None:
 @pytest.mark.asyncio
 async def test_rename_moves_room_membership(chat: Chat) -> None:
     a, _ = await _client(chat, "alice")
+    b, bbox = await _client(chat, "bob")
     chat.join(a, "main")
+    chat.join(b, "main")
     chat.rename(a, "alicia")  # type: ignore[arg-type]
-    assert chat.room("main").nicks() == ["alicia"]
+    assert chat.room("main").nicks() == ["alicia", "bob"]
+    assert [(e["actor"], e["target"]) for e in bbox.events("nick")] == [("alice", "alicia")]
     assert chat.session("ALICIA") is a
-    await chat.connect("bob", front="t")
     with pytest.raises(NameInUse):
-        chat.rename(a, "bob")  # type: ignore[arg-type]
+        chat.rename(a, "BOB")  # type: ignore[arg-type]
 
 
 @pytest.mark.asyncio

@@ -89,15 +89,15 @@ class Message:
         )
 
 
-EventKind = Literal["join", "part", "quit", "topic", "kick", "mode", "room", "status"]
+EventKind = Literal["join", "part", "quit", "topic", "kick", "mode", "room", "status", "nick"]
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
     """A presence or room event: someone joined, left, quit, was kicked; a topic or mode changed.
 
-    ``actor`` did it; ``target`` is who it was done to (kick, mode +o/+b); ``text`` is the reason,
-    topic or mode string.
+    ``actor`` did it; ``target`` is who it was done to (kick, mode +o/+b) or the new nickname
+    (nick); ``text`` is the reason, topic or mode string.
     """
 
     kind: EventKind

@@ -512,6 +512,12 @@ class Chat:
                             rc.rooms.discard(room.name)
                     elif ev.kind == "topic":
                         room.record.topic = ev.text
+                    elif (
+                        ev.kind == "nick"
+                        and ev.target is not None
+                        and room.remote.pop(ev.actor.casefold(), None) is not None
+                    ):
+                        room.remote[ev.target.casefold()] = ev.target
                     if ev.kind == "kick" and ev.target is not None:
                         victim = room.members.get(ev.target.casefold())
                         if victim is not None:
@@ -628,6 +634,9 @@ class Chat:
         session.nick, session.key = new, key
         self.sessions[key] = session
         self._publish({"t": "sess", "nick": new, "old": old, "up": True})
+        now = time.time()
+        for name in sorted(session.rooms):
+            self._emit(Event("nick", name, old, new, "", now))
         return old
 
     def session(self, nick: str) -> Session:
