@@ -9,6 +9,7 @@
 * :func:`serve` starts everything (the ``isthmus-chat serve`` CLI).
 """
 
+from ._config import ServerConfig, load_config
 from ._errors import (
     AuthError,
     Banned,
@@ -27,14 +28,16 @@ from ._errors import (
 )
 from ._irc import IrcFormatter, IrcServer
 from ._line import LineFormatter, LineProtocolServer
+from ._model import Account, Event, Limits, Message, RoomRecord, Status, dm_key
 from ._postgres import PostgresStore
 from ._redis import RedisBackplane
-from ._model import Account, Event, Limits, Message, RoomRecord, Status, dm_key
+from ._server import ChatServer, make_store, serve
 from ._sink import Formatter, Sink
 from ._sqlite import SQLiteStore
 from ._state import Backplane, Chat, Room, Session
 from ._store import Draft, MemoryStore, Store
 from ._version import __version__
+from ._web import WsFormatter, app_from_env, create_app
 
 __all__ = [
     "Account",
@@ -43,6 +46,7 @@ __all__ = [
     "Banned",
     "Chat",
     "ChatError",
+    "ChatServer",
     "Draft",
     "Event",
     "Formatter",
@@ -67,12 +71,19 @@ __all__ = [
     "RoomExists",
     "RoomRecord",
     "SQLiteStore",
+    "ServerConfig",
     "Session",
     "Sink",
     "SlowConsumer",
     "Status",
     "Store",
     "StoreError",
+    "WsFormatter",
     "__version__",
+    "app_from_env",
+    "create_app",
     "dm_key",
+    "load_config",
+    "make_store",
+    "serve",
 ]
