@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _client import LineClient
 
+from _client import LineClient
 from isthmus.chat import Chat, SQLiteStore
 from isthmus.chat._cli import main
 from isthmus.chat._config import ServerConfig, load_config
