@@ -309,7 +309,7 @@ class IrcConn(LineConnection):
             if data is self._seen_quit:
                 return
             self._seen_quit = data
-        super().push(data)
+        LineConnection.push(self, data)  # not super(): this runs once per delivery
 
     def send_line(self, verb: str, *params: str, source: str | None = None) -> None:
         """Reply with one line from ``source`` (the server by default); last param trailing."""

@@ -86,7 +86,6 @@ class LineConnection(asyncio.BufferedProtocol):
         self._lines: deque[bytes] = deque()
         self._worker: asyncio.Task[None] | None = None
         self._out: list[bytes] | None = None
-        self._outn = 0
         self._replies: deque[_Reply] = deque()
         self._closed = False
         self._paused = False
@@ -203,24 +202,21 @@ class LineConnection(asyncio.BufferedProtocol):
 
     def push(self, data: bytes) -> None:
         """Queue bytes; they are written with everything else pending at the end of the tick."""
+        # Called once per delivery: the common case (already pending) is one append.
         out = self._out
-        if out is None:
-            if self._closed:
-                return
+        if out is not None:
+            out.append(data)
+        elif not self._closed:
             self._out = [data]
             self.server.outbox.mark(self)
-        else:
-            out.append(data)
-        self._outn += len(data)
 
     def _flush(self) -> None:
         out, self._out = self._out, None
-        n, self._outn = self._outn, 0
         t = self.transport
         if out is None or t is None or t.is_closing():
             return
         t.write(out[0] if len(out) == 1 else b"".join(out))
-        if n and t.get_write_buffer_size() > self.chat.limits.send_queue_bytes:
+        if t.get_write_buffer_size() > self.chat.limits.send_queue_bytes:
             self.slow_consumer()
 
     def slow_consumer(self) -> None:
