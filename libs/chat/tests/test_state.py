@@ -461,3 +461,46 @@ async def test_a_closed_chat_refuses_work_and_closes_sinks() -> None:
     assert box.closed == "server shutting down"
     with pytest.raises(ChatError):
         chat.post(s, "main", "late")  # type: ignore[arg-type]
+
+
+class _Bytes:
+    def __init__(self, fmt: object) -> None:
+        self.fmt = fmt
+        self.pushes: list[bytes] = []
+
+    def push(self, data: bytes) -> None:
+        self.pushes.append(data)
+
+    def close(self, reason: str) -> None:
+        pass
+
+
+@pytest.mark.asyncio
+async def test_a_burst_to_one_room_goes_out_in_one_push_per_member(chat: Chat) -> None:
+    from isthmus.chat import LineFormatter
+
+    class NoEchoLines(LineFormatter):
+        echo = False
+
+    line = _Bytes(LineFormatter())
+    quiet = _Bytes(NoEchoLines())
+    frames = Inbox()  # not joinable: one push per message
+    a = await chat.connect("alice", front="t", sink=line)  # type: ignore[arg-type]
+    b = await chat.connect("bob", front="t", sink=quiet)  # type: ignore[arg-type]
+    c = await chat.connect("carol", front="t", sink=frames)
+    for s in (a, b, c):
+        chat.join(s, "main")
+    line.pushes.clear()
+    quiet.pushes.clear()
+    futs = [chat.post(a if i % 2 else b, "main", f"m{i}") for i in range(6)]
+    await asyncio.gather(*futs)
+    expected = b"".join(
+        f"MSG main {'alice' if i % 2 else 'bob'} {i + 1} m{i}\n".encode() for i in range(6)
+    )
+    assert line.pushes == [expected]  # one push with every message, in order
+    # bob does not get his own messages back, and still gets alice's in order.
+    assert b"".join(quiet.pushes) == b"".join(
+        f"MSG main alice {i + 1} m{i}\n".encode() for i in range(1, 6, 2)
+    )
+    assert [m["seq"] for m in frames.messages()] == [1, 2, 3, 4, 5, 6]
+    assert chat.counters["deliveries"] == 6 + 3 + 6

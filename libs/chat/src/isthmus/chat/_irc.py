@@ -176,6 +176,7 @@ class IrcFormatter:
     ``echo-message``). Shared by every connection with that combination."""
 
     __slots__ = ("_quit_key", "_server", "echo", "last_quit", "message_tags", "server_time")
+    joinable = True  # a byte stream: several messages may go out in one push
 
     def __init__(
         self, server: IrcServer, *, server_time: bool, message_tags: bool, echo: bool

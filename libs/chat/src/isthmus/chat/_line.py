@@ -44,6 +44,7 @@ class LineFormatter:
     """The line protocol's deliveries; the sender receives its own messages (as in the seed)."""
 
     echo = True
+    joinable = True  # a byte stream: several messages may go out in one push
 
     def message(self, msg: Message) -> bytes:
         if msg.room[0] == "@":  # direct message or notice

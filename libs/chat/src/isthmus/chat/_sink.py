@@ -19,6 +19,8 @@ class Formatter(Protocol):
 
     #: Whether the sender receives its own message (IRC: only with ``echo-message``).
     echo: bool
+    # Optional ``joinable = True``: the bytes of several messages may be concatenated into one
+    # push (byte streams such as the line protocol and IRC; not WebSocket frames).
 
     def message(self, msg: Message) -> bytes:
         """The bytes that deliver ``msg``."""

@@ -333,8 +333,8 @@ class Chat:
                         if o.fut is not None and not o.fut.done():
                             o.fut.set_exception(exc)
                 else:
+                    self._fanout_batch(msgs)
                     for o, msg in zip(batch, msgs, strict=True):
-                        self._fanout(msg)
                         if self.backplane is not None:
                             self.backplane.publish(
                                 {"t": "msg", "node": self.backplane.node_id, "msg": msg.to_json()}
@@ -377,6 +377,61 @@ class Chat:
         return fut
 
     # ---------------------------------------------------------------- delivery
+
+    def _fanout_batch(self, msgs: list[Message]) -> None:
+        """Fan out a committed batch: each run of messages to one room goes out together."""
+        k = 0
+        while k < len(msgs):
+            room = msgs[k].room
+            e = k + 1
+            while e < len(msgs) and msgs[e].room == room:
+                e += 1
+            if e - k == 1 or room[0] == "@":
+                for m in msgs[k:e]:
+                    self._fanout(m)
+            else:
+                self._fanout_run(msgs[k:e])
+            k = e
+
+    def _fanout_run(self, msgs: list[Message]) -> None:
+        """Several messages to one room: one push per member of all of them, encoded once per
+        formatter, where the formatter's bytes may be concatenated (``joinable``)."""
+        self.counters["messages"] += len(msgs)
+        room = self.rooms.get(msgs[0].room)
+        if room is None:
+            return
+        room.last_seq = max(room.last_seq, msgs[-1].seq)
+        senders = {m.sender.casefold() for m in msgs}
+        cache: dict[int, tuple[list[bytes], bytes | None]] = {}
+        n = 0
+        suspended = Status.SUSPENDED
+        for s in room.members.values():
+            sink = s.sink
+            if sink is None or s.status is suspended:
+                continue
+            fmt = sink.fmt
+            entry = cache.get(id(fmt))
+            if entry is None:
+                parts = [fmt.message(m) for m in msgs]
+                joined = b"".join(parts) if getattr(fmt, "joinable", False) else None
+                entry = cache[id(fmt)] = (parts, joined)
+            parts, joined = entry
+            if not fmt.echo and s.key in senders:
+                mine = [p for p, m in zip(parts, msgs, strict=True) if m.sender.casefold() != s.key]
+            elif joined is not None:
+                sink.push(joined)
+                n += len(msgs)
+                continue
+            else:
+                mine = parts
+            for p in mine:
+                sink.push(p)
+            n += len(mine)
+        self.counters["deliveries"] += n
+        if self._listeners:
+            for m in msgs:
+                for listener in self._listeners:
+                    listener("message", m)
 
     def _fanout(self, msg: Message) -> None:
         self.counters["messages"] += 1
