@@ -504,3 +504,25 @@ async def test_a_burst_to_one_room_goes_out_in_one_push_per_member(chat: Chat) -
     )
     assert [m["seq"] for m in frames.messages()] == [1, 2, 3, 4, 5, 6]
     assert chat.counters["deliveries"] == 6 + 3 + 6
+
+
+@pytest.mark.asyncio
+async def test_sqlite_checkpoints_run_off_the_loop(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    store = SQLiteStore(db, checkpoint_every=50)
+    async with Chat(store=store, limits=Limits(rate=0)) as chat:
+        a = await chat.connect("alice", front="t")
+        chat.join(a, "main")
+        before = db.stat().st_size  # the automatic checkpoint is off: data stays in the WAL
+        checkpoints = 0
+        for burst in range(6):
+            await asyncio.gather(
+                *(chat.post(a, "main", f"{burst}.{i:04} " + "x" * 200) for i in range(100))
+            )
+            if store._checkpoint is not None:  # running in a worker thread, not on the loop
+                checkpoints += 1
+                await store._checkpoint
+        assert checkpoints >= 1
+        assert db.stat().st_size > before + 600 * 200 // 2  # the messages reached the database
+    async with Chat(store=SQLiteStore(db)) as chat:
+        assert chat.room("main").last_seq == 600

@@ -6,13 +6,21 @@ thread hop would cost. ``synchronous=NORMAL`` in WAL mode keeps every committed 
 across a crash or kill of the process; only an OS crash or power loss may lose the last ones
 (``durable=True`` selects ``synchronous=FULL`` for that).
 
+WAL checkpoints (which copy the log into the database and fsync it) would otherwise run inside
+a commit on the loop's thread and stall every connection for up to a hundred milliseconds; the
+automatic checkpoint is off and a passive checkpoint runs in a worker thread, on its own
+connection, after every ``checkpoint_every`` messages.
+
 Several server processes may share one database file: sequence numbers come from a counter row
 updated inside ``BEGIN IMMEDIATE``, so they never collide.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -23,6 +31,8 @@ from ._model import Account, Message, RoomRecord
 from ._store import Draft, Store
 
 __all__ = ["SQLiteStore"]
+
+log = logging.getLogger("isthmus.chat")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, last INTEGER NOT NULL);
@@ -78,10 +88,15 @@ def _row_message(row: tuple[str, int, str, str, float, str, str | None]) -> Mess
 class SQLiteStore(Store):
     """A store in one SQLite file (``":memory:"`` for a throwaway one)."""
 
-    def __init__(self, path: str | Path, *, durable: bool = False) -> None:
+    def __init__(
+        self, path: str | Path, *, durable: bool = False, checkpoint_every: int = 2000
+    ) -> None:
         self.path = str(path)
         self.durable = durable
+        self.checkpoint_every = checkpoint_every
         self._db: sqlite3.Connection | None = None
+        self._since_checkpoint = 0
+        self._checkpoint: asyncio.Future[None] | None = None
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -97,13 +112,41 @@ class SQLiteStore(Store):
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
         db.execute("PRAGMA busy_timeout=10000")
+        if self.path != ":memory:":
+            db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run off the loop
         db.executescript(_SCHEMA)
         self._db = db
 
     async def close(self) -> None:
+        if self._checkpoint is not None:
+            with contextlib.suppress(sqlite3.Error):
+                await self._checkpoint
+            self._checkpoint = None
         if self._db is not None:
             db, self._db = self._db, None
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             db.close()
+
+    def _start_checkpoint(self) -> None:
+        self._since_checkpoint = 0
+        fut = asyncio.get_running_loop().run_in_executor(None, self._run_checkpoint)
+        self._checkpoint = fut
+        fut.add_done_callback(self._checkpoint_done)
+
+    def _checkpoint_done(self, fut: asyncio.Future[None]) -> None:
+        if self._checkpoint is fut:
+            self._checkpoint = None
+        if not fut.cancelled() and fut.exception() is not None:
+            log.warning("sqlite checkpoint failed: %s", fut.exception())
+
+    def _run_checkpoint(self) -> None:
+        # A connection of its own: the loop's connection is not used from two threads at once.
+        con = sqlite3.connect(self.path, timeout=10)
+        try:
+            con.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            con.close()
 
     async def append(self, drafts: Sequence[Draft]) -> list[Message]:
         db = self.db
@@ -137,6 +180,13 @@ class SQLiteStore(Store):
                 raise
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite: {exc}") from exc
+        self._since_checkpoint += len(out)
+        if (
+            self._since_checkpoint >= self.checkpoint_every
+            and self._checkpoint is None
+            and self.path != ":memory:"
+        ):
+            self._start_checkpoint()
         return out
 
     async def history(
