@@ -17,7 +17,6 @@ TOURS: dict[str, str] = {
     "wire": ".wire",
     "transport": ".transport",
     "frames": ".frames",
-    "chat": ".chat",
 }
 
 
