@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from parser_tests import data as parser_tests  # irc-parser-tests: a test dependency
 
 from _client import LineClient
 from _irc_support import IrcClient
@@ -69,8 +70,6 @@ async def line_protocol(chat: Chat) -> AsyncIterator[LineProtocolServer]:
 
 
 # ------------------------------------------------------------------------------ the parser
-
-parser_tests = pytest.importorskip("parser_tests.data", reason="irc-parser-tests not installed")
 
 
 @pytest.mark.parametrize("case", parser_tests.msg_split["tests"], ids=lambda c: c["input"][:40])
