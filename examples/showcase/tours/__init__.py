@@ -17,6 +17,7 @@ TOURS: dict[str, str] = {
     "wire": ".wire",
     "transport": ".transport",
     "frames": ".frames",
+    "chat": ".chat",
 }
 
 
