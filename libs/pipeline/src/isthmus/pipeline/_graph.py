@@ -31,6 +31,8 @@ class NodeSpec:
     executor: str = "asyncio"
     options: dict[str, Any] = field(default_factory=dict)
     line: int | None = None
+    #: Manifest fields this library does not use (the seed's), written back by to_manifest().
+    extra: dict[str, Any] = field(default_factory=dict)
     _proto: Node | None = field(default=None, repr=False)
 
     @property
@@ -92,6 +94,10 @@ class Pipeline:
         self.nodes: dict[str, NodeSpec] = {}
         self.connections: list[Connection] = []
         self.metadata: dict[str, Any] = {}
+        #: Top-level manifest fields this library does not use, kept for to_manifest().
+        self.extra: dict[str, Any] = {}
+        #: The manifest's ``negotiation`` section (``auto_convert``).
+        self.negotiation: dict[str, Any] = {}
 
     # --- building ----------------------------------------------------------------------------
     def add(

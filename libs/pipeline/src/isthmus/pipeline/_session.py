@@ -751,7 +751,7 @@ class Session:
         pipeline: Pipeline,
         *,
         session_id: str | None = None,
-        auto_convert: bool = False,
+        auto_convert: bool | None = None,
         negotiate: bool = True,
         metrics: bool = True,
         on_error: str = "stop",
@@ -762,6 +762,8 @@ class Session:
             raise ValueError(f"on_error must be one of {ON_ERROR}")
         self.pipeline = pipeline
         self.id = session_id or f"s{next(_ids)}"
+        if auto_convert is None:  # as the manifest's `negotiation: {auto_convert: ...}` says
+            auto_convert = bool(pipeline.negotiation.get("auto_convert", False))
         self.auto_convert = auto_convert
         self.negotiate = negotiate
         self.metrics_enabled = metrics
