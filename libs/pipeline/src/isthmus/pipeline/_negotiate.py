@@ -137,7 +137,7 @@ class _Pass:
                     down = _meet(down, self.narrow[c]) or down
                 m = up.intersect(down)
                 if m is None:
-                    bad.append((c, up, self.p.nodes[c.dst].inputs[c.dst_port].caps))
+                    bad.append((c, up, down))
                     m = up
                 if fix and nid not in self.deferred:
                     m = m.fixate(prefer)

@@ -216,7 +216,10 @@ class SileroVad:
     def probability(self, samples: np.ndarray[Any, Any]) -> float:
         """Speech probability of one window of ``window`` samples."""
         x = samples if samples.dtype == np.float32 else convert_format(samples, "f32")
-        return float(self._vad.process(np.ascontiguousarray(x.reshape(-1)).data))
+        x = np.ascontiguousarray(x.reshape(-1))
+        if not x.flags.writeable:  # the library insists on a writable buffer
+            x = x.copy()
+        return float(self._vad.process(x.data))
 
     def is_speech(self, samples: np.ndarray[Any, Any]) -> bool:
         """Whether the probability reaches the threshold."""
