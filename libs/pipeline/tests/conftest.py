@@ -18,7 +18,13 @@ import pytest
 
 def _fds() -> dict[int, str]:
     out = {}
+    # multiprocessing's resource tracker (started once, for the life of the process) keeps a pipe.
+    from multiprocessing import resource_tracker
+
+    tracker = getattr(resource_tracker._resource_tracker, "_fd", None)
     for name in os.listdir("/proc/self/fd"):
+        if tracker is not None and int(name) == tracker:
+            continue
         with contextlib.suppress(OSError):
             out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
     return out
@@ -34,8 +40,13 @@ def _threads() -> set[str]:
 
 
 def _children() -> set[int]:
+    from multiprocessing import resource_tracker
+
     out = set()
+    tracker = getattr(resource_tracker._resource_tracker, "_pid", None)
     for child in psutil.Process().children(recursive=True):
+        if child.pid == tracker:
+            continue  # started once for the life of the process
         with contextlib.suppress(psutil.Error):
             if child.status() != psutil.STATUS_ZOMBIE:
                 out.add(child.pid)

@@ -23,6 +23,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import struct
 import threading
 import time
 import traceback
@@ -38,6 +39,7 @@ from isthmus.buffer import (
     PeerDiedError,
     Ring,
     RingClosedError,
+    SharedSegment,
     WaitTimeoutError,
 )
 
@@ -51,6 +53,7 @@ __all__ = ["ProcessWorker"]
 log = logging.getLogger("isthmus.pipeline")
 _ids = itertools.count(1)
 _PR_SET_PDEATHSIG = 1
+_CUR = struct.Struct("<Q")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class _Config:
     parent: int
     spin: float
     heartbeat: float
+    current: str  # a shared segment whose first u64 is the input being processed
 
 
 # --- the child -------------------------------------------------------------------------------
@@ -107,6 +111,8 @@ def _child_main(cfg: _Config) -> None:  # pragma: no cover - runs in the child (
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     from ._node import AGEN, ASYNC, GEN, _form, resolve
 
+    seg = SharedSegment.open(cfg.current, timeout=10.0)
+    cur = memoryview(seg.buffer)
     inr = Ring.open(cfg.in_ring, spin=cfg.spin, timeout=10.0)
     outr = Ring.open(cfg.out_ring, spin=cfg.spin, timeout=10.0)
     out = _Out(outr)
@@ -168,6 +174,7 @@ def _child_main(cfg: _Config) -> None:  # pragma: no cover - runs in the child (
                 out.message(codec.CONTROL, msg)
             continue
         port, item = codec.decode(b)
+        _CUR.pack_into(cur, 0, a)
         r = None
         try:
             r = node.process(item, port)
@@ -210,6 +217,9 @@ def _child_main(cfg: _Config) -> None:  # pragma: no cover - runs in the child (
         outr.close()
     with contextlib.suppress(Exception):
         inr.close()
+    cur.release()
+    with contextlib.suppress(Exception):
+        seg.close()
 
 
 def _pending(ring: Ring) -> bool:
@@ -273,6 +283,7 @@ class ProcessWorker:
         self._ready: asyncio.Future[Any] | None = None
         self._dead: BaseException | None = None
         self._closed = False
+        self._current: Any = None
 
     # --- life cycle ----------------------------------------------------------------------
     @property
@@ -300,9 +311,10 @@ class ProcessWorker:
         self._free = self.credits
         self._events.clear()
         self._inflight.clear()
-        cfg = _Config(self.node_type, self.params, self.name, self._in.name, self._out.name,
-                      os.getpid(), self.spin, self.heartbeat)
         ctx = multiprocessing.get_context(self.start_method)
+        self._current = SharedSegment.create(f"{tag}-c", 64)
+        cfg = _Config(self.node_type, self.params, self.name, self._in.name, self._out.name,
+                      os.getpid(), self.spin, self.heartbeat, self._current.name)
         self._proc = ctx.Process(target=_child_main, args=(cfg,), name=f"isthmus-node-{self.name}", daemon=True)
         self._ready = self._loop.create_future()
         try:
@@ -320,6 +332,8 @@ class ProcessWorker:
                 self._in.unlink()
             with contextlib.suppress(Exception):
                 self._out.unlink()
+            with contextlib.suppress(Exception):
+                self._current.unlink()
         except BaseException:
             await self._teardown(kill=True)
             raise
@@ -338,6 +352,10 @@ class ProcessWorker:
         await self._teardown(kill=False, timeout=timeout)
 
     async def _teardown(self, *, kill: bool, timeout: float = 5.0) -> None:
+        for ring in (self._in, self._out):
+            if ring is not None:
+                with contextlib.suppress(Exception):
+                    ring.unlink()  # no name left behind, whoever closes last
         if self._in is not None:
             with contextlib.suppress(Exception):
                 self._in.close()  # the child drains what is queued, then sees the close
@@ -361,6 +379,12 @@ class ProcessWorker:
         if self._out is not None:
             with contextlib.suppress(Exception):
                 self._out.close()
+        if self._current is not None:
+            with contextlib.suppress(Exception):
+                self._current.unlink()
+            with contextlib.suppress(Exception):
+                self._current.close()
+            self._current = None
         self._proc = self._in = self._out = None
         if self._dead is None:
             self._dead = ProcessNodeError(f"process node {self.name!r} is closed", node=self.name)
@@ -396,6 +420,13 @@ class ProcessWorker:
                 return
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._deliver, batch)
+
+    def _current_seq(self) -> int:
+        seg = self._current
+        if seg is None or seg.closed:
+            return 0
+        with memoryview(seg.buffer) as mv:
+            return int(_CUR.unpack_from(mv, 0)[0])
 
     def _exitcode(self) -> int | None:
         proc = self._proc
@@ -445,7 +476,8 @@ class ProcessWorker:
             if kind == -1:
                 exc, code = ev[1], ev[2]
                 if self._dead is None and not self._closed:
-                    item = next(iter(self._inflight.values()), ("", None))
+                    current = self._current_seq()
+                    item = self._inflight.get(current) or next(iter(self._inflight.values()), ("", None))
                     self._dead = ProcessNodeError(
                         f"process node {self.name!r} died (exit code {code}) "
                         + (f"while handling an input from port {item[0]!r}" if item[1] is not None else "")
@@ -461,6 +493,9 @@ class ProcessWorker:
                 if w is not None and not w.done():
                     w.set_result(None)
                 continue
+            if kind == codec.ERROR:
+                # Name the input now: its DONE may be handled before recv() sees the error.
+                ev = (kind, ev[1], (*ev[2], self._inflight.get(ev[1], ("", None))[1]))
             self._events.append(ev)
         self._wake()
 
@@ -594,8 +629,7 @@ class ProcessWorker:
                 if kind == codec.CONTROL:
                     return "", payload
                 if kind == codec.ERROR:
-                    port, message, tb = payload
-                    _, item = self._inflight.get(a, (port, None))
+                    port, message, tb, item = payload
                     err = ProcessNodeError(
                         f"node {self.name!r} (in a child process) failed on an input from port "
                         f"{port!r}: {message}", node=self.name, port=port or None, item=item)

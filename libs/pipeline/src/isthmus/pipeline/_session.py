@@ -404,7 +404,12 @@ class _Queued(_Runner):
     async def loop(self) -> None:
         loop = asyncio.get_running_loop()
         inbox = self.inbox
-        fast = self.form == SYNC and self.retry.attempts == 1 and type(self).invoke is _Queued.invoke
+        fast = (
+            self.form == SYNC
+            and self.retry.attempts == 1
+            and type(self).invoke is _Queued.invoke
+            and type(self).process is _Queued.process
+        )
         while True:
             if not inbox:
                 self.waiter = loop.create_future()
