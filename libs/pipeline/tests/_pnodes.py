@@ -63,7 +63,7 @@ class Tail(Node):
     """Sums what it gets; at EndOfStream it sends the sum on "total"."""
 
     node_type = "p_tail"
-    outputs = {"out": Port(), "total": Port()}  # noqa: RUF012
+    outputs = {"out": Port(), "total": Port()}
 
     def __init__(self) -> None:
         self.sum = 0
@@ -99,7 +99,7 @@ class HopSink(Node):
     returns the sorted latencies (ns) at EndOfStream."""
 
     node_type = "p_hop_sink"
-    outputs = {"out": Port()}  # noqa: RUF012
+    outputs = {"out": Port()}
 
     def __init__(self) -> None:
         self.lat: list[int] = []

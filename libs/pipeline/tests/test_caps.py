@@ -54,9 +54,9 @@ def test_intersection_of_exact_values_ranges_and_sets() -> None:
     assert Caps.parse("audio(channels=1)").intersect(Caps.parse("audio(channels=2)")) is None
     assert Caps.parse("audio").intersect(Caps.parse("video")) is None
     assert Caps.parse("any").intersect(Caps.parse("video(width=2)")) == Caps.parse("video(width=2)")
-    assert Caps.parse("audio(channels=1)").conflicts(Caps.parse("audio(channels=2, format=f32)")) == [
-        "channels"
-    ]
+    assert Caps.parse("audio(channels=1)").conflicts(
+        Caps.parse("audio(channels=2, format=f32)")
+    ) == ["channels"]
 
 
 def test_caps_sets_keep_every_alternative_that_fits() -> None:
@@ -81,17 +81,23 @@ def test_fixate_prefers_a_given_value_else_the_first_choice() -> None:
     assert str(c.fixate({"sample_rate": 16000, "format": "f32"})) == (
         "audio(sample_rate=16000, format=f32, channels=1)"
     )
-    assert str(c.fixate({"sample_rate": 96000})) == "audio(sample_rate=8000, format=s16, channels=1)"
+    assert (
+        str(c.fixate({"sample_rate": 96000})) == "audio(sample_rate=8000, format=s16, channels=1)"
+    )
 
 
 def test_concrete_items_match_caps() -> None:
     chunk = AudioChunk(np.zeros((320, 1), np.float32), 16000)
-    assert chunk.caps() == Caps.parse("audio(sample_rate=16000, channels=1, format=f32, frame_ms=20)")
+    assert chunk.caps() == Caps.parse(
+        "audio(sample_rate=16000, channels=1, format=f32, frame_ms=20)"
+    )
     assert Caps.parse("audio(sample_rate=[8000,16000], frame_ms=[10,20,30])").matches(chunk)
     assert not Caps.parse("audio(format=s16)").matches(chunk)
     assert Caps.parse("any").matches(object())
 
 
 def test_caps_are_hashable_values() -> None:
-    assert {Caps.parse("audio(a=1, b=2)"), Caps.parse("audio(b=2, a=1)")} == {Caps.parse("audio(a=1, b=2)")}
+    assert {Caps.parse("audio(a=1, b=2)"), Caps.parse("audio(b=2, a=1)")} == {
+        Caps.parse("audio(a=1, b=2)")
+    }
     assert Caps.parse("audio(a=1)").with_fields(b=2, a=None) == Caps.parse("audio(b=2)")

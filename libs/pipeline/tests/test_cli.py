@@ -73,18 +73,28 @@ def test_console_script_runs_as_a_subprocess(tmp_path: Path) -> None:
     write_wav(wav, 44100)  # not the manifest's 48 kHz: decoding converts it
     proc = subprocess.run(
         [sys.executable, "-m", "isthmus.pipeline._cli", "run", str(VOICE), "-i", str(wav)],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     assert '"type": "speech"' in proc.stdout and "done (levels:" in proc.stderr
-    help_ = subprocess.run([sys.executable, "-m", "isthmus.pipeline._cli", "run", "--help"], capture_output=True, text=True, check=True)
+    help_ = subprocess.run(
+        [sys.executable, "-m", "isthmus.pipeline._cli", "run", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "--input" in help_.stdout and "--auto-convert" in help_.stdout
 
 
 def test_node_types_lists_ports_caps_and_params(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["node-types"]) == 0
     out = capsys.readouterr().out
-    assert "webrtcvad" in out and "frame_ms in 10/20/30" in out and "params: aggressiveness=2" in out
+    assert (
+        "webrtcvad" in out and "frame_ms in 10/20/30" in out and "params: aggressiveness=2" in out
+    )
 
 
 def test_bad_input_gives_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

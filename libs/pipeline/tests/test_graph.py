@@ -31,7 +31,7 @@ def scale(x: float, *, factor: float, offset: float = 0.0) -> float:
 
 class TwoOut(Node):
     node_type = "g_two"
-    outputs = {"a": Port(), "b": Port()}  # noqa: RUF012
+    outputs = {"a": Port(), "b": Port()}
 
     def process(self, item: Any, port: str) -> None:
         self.emit(item, "a")
@@ -39,7 +39,7 @@ class TwoOut(Node):
 
 class Merge2(Node):
     node_type = "g_merge"
-    inputs = {"x": Port(), "y": Port()}  # noqa: RUF012
+    inputs = {"x": Port(), "y": Port()}
 
     def process(self, item: Any, port: str) -> Any:
         return item
@@ -59,7 +59,7 @@ def test_function_node_types_take_keyword_params() -> None:
 
 def test_add_checks_params_and_executor() -> None:
     p = Pipeline()
-    with pytest.raises(GraphError, match="node 's'.*unknown parameter 'bogus'"):
+    with pytest.raises(GraphError, match=r"node 's'.*unknown parameter 'bogus'"):
         p.add("s", scale, factor=1, bogus=2)
     with pytest.raises(GraphError, match="unknown executor 'gpu'"):
         p.add("s", scale, factor=1, executor="gpu")

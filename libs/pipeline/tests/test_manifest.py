@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from isthmus.pipeline import GraphError, ManifestError, NegotiationError, Pipeline, dump, load, to_manifest, validate_manifest
+from isthmus.pipeline import (
+    GraphError,
+    ManifestError,
+    NegotiationError,
+    Pipeline,
+    dump,
+    load,
+    to_manifest,
+    validate_manifest,
+)
 
 HERE = Path(__file__).parent / "manifests"
 
@@ -18,9 +27,21 @@ def test_the_seed_format_loads_and_keeps_unknown_fields() -> None:
     assert p.nodes["resample"].params == {"sample_rate": 16000}
     assert p.nodes["resample"].extra == {"is_streaming": True}
     c = p.connections[-1]
-    assert (c.src, c.src_port, c.dst, c.dst_port, c.maxsize, c.overflow) == ("vad", "segments", "segments", "in", 8, "drop_oldest")
+    assert (c.src, c.src_port, c.dst, c.dst_port, c.maxsize, c.overflow) == (
+        "vad",
+        "segments",
+        "segments",
+        "in",
+        8,
+        "drop_oldest",
+    )
     m = to_manifest(p)
-    assert m["nodes"][1] == {"id": "resample", "node_type": "resample", "params": {"sample_rate": 16000}, "is_streaming": True}
+    assert m["nodes"][1] == {
+        "id": "resample",
+        "node_type": "resample",
+        "params": {"sample_rate": 16000},
+        "is_streaming": True,
+    }
 
 
 def test_round_trip_through_yaml_and_json() -> None:
@@ -59,13 +80,17 @@ def test_validate_collects_every_problem() -> None:
     assert any("broken.yaml:7" in t and "unknown parameter 'agressiveness'" in t for t in text)
     assert any("broken.yaml:14" in t and "no input port 'nope'" in t for t in text)
     port_err = next(e for e in errors if "nope" in str(e))
-    assert isinstance(port_err, ManifestError) and port_err.port == "nope" and port_err.node == "out"
+    assert (
+        isinstance(port_err, ManifestError) and port_err.port == "nope" and port_err.node == "out"
+    )
 
 
 def test_json_manifests_have_lines_and_negotiation_errors_have_suggestions() -> None:
     errors = validate_manifest(HERE / "mismatch.json")
     assert len(errors) == 1 and isinstance(errors[0], NegotiationError)
-    assert errors[0].suggestions == ["insert a resampler between 'mic' and 'vad' to convert 44100 Hz to 48000 Hz"]
+    assert errors[0].suggestions == [
+        "insert a resampler between 'mic' and 'vad' to convert 44100 Hz to 48000 Hz"
+    ]
     assert validate_manifest(HERE / "mismatch.json", auto_convert=True) == []
 
 
@@ -74,16 +99,27 @@ def test_json_manifests_have_lines_and_negotiation_errors_have_suggestions() -> 
     [
         ("nodes: 3", "'nodes' must be a non-empty list"),
         ("nodes:\n  - {node_type: input}", "line 2: nodes[0] needs a string 'id'"),
-        ("nodes:\n  - {id: a, node_type: input}\n  - {id: a, node_type: output}", "duplicate node id 'a'"),
+        (
+            "nodes:\n  - {id: a, node_type: input}\n  - {id: a, node_type: output}",
+            "duplicate node id 'a'",
+        ),
         ("nodes:\n  - {id: a, node_type: input, executor: gpu}", "unknown executor 'gpu'"),
         ("nodes: [ {id: a", "not valid YAML/JSON"),
         ("nodes:\n  - {id: a, node_type: output}", "input port 'in' of node 'a' is not connected"),
-        ("nodes:\n  - {id: a, node_type: tee}\n  - {id: b, node_type: tee}\nconnections:\n  - {from: a.out0, to: b}\n  - {from: b.out0, to: a}", "cycle"),
-        ("nodes:\n  - {id: a, node_type: input}\nconnections:\n  - {from: a}", "must be a mapping with string 'from' and 'to'"),
+        (
+            "nodes:\n  - {id: a, node_type: tee}\n  - {id: b, node_type: tee}\nconnections:\n  - {from: a.out0, to: b}\n  - {from: b.out0, to: a}",
+            "cycle",
+        ),
+        (
+            "nodes:\n  - {id: a, node_type: input}\nconnections:\n  - {from: a}",
+            "must be a mapping with string 'from' and 'to'",
+        ),
     ],
 )
 def test_malformed_manifests(text: str, message: str) -> None:
-    with pytest.raises((ManifestError, GraphError), match=message.replace("[", r"\[").replace("(", r"\(")):
+    with pytest.raises(
+        (ManifestError, GraphError), match=message.replace("[", r"\[").replace("(", r"\(")
+    ):
         load(text)
 
 

@@ -8,15 +8,23 @@ from typing import Any
 
 import pytest
 
-from isthmus.pipeline import Caps, FrameConstraint, NegotiationError, Node, Pipeline, Port, renegotiate
+from isthmus.pipeline import (
+    Caps,
+    FrameConstraint,
+    NegotiationError,
+    Node,
+    Pipeline,
+    Port,
+    renegotiate,
+)
 
 MIC48 = "audio(sample_rate=48000, channels=1, format=f32, frame_ms=20)"
 
 
 class Sink16k(Node):
     node_type = "n_sink16k"
-    inputs = {"in": Port("audio(sample_rate=16000, channels=1, format=f32)")}  # noqa: RUF012
-    outputs: dict[str, Port] = {}  # noqa: RUF012
+    inputs = {"in": Port("audio(sample_rate=16000, channels=1, format=f32)")}
+    outputs: dict[str, Port] = {}
 
     def process(self, item: Any, port: str) -> None:
         return None
@@ -26,8 +34,8 @@ class Meter(Node):
     """An adaptive node: takes a range, gives what it got."""
 
     node_type = "n_meter"
-    inputs = {"in": Port("audio(sample_rate=8000..48000)", behaviour="adaptive")}  # noqa: RUF012
-    outputs = {"out": Port("audio", behaviour="passthrough")}  # noqa: RUF012
+    inputs = {"in": Port("audio(sample_rate=8000..48000)", behaviour="adaptive")}
+    outputs = {"out": Port("audio", behaviour="passthrough")}
 
     def process(self, item: Any, port: str) -> Any:
         return item
@@ -37,8 +45,8 @@ class FileLike(Node):
     """A runtime-discovered source."""
 
     node_type = "n_file"
-    inputs: dict[str, Port] = {}  # noqa: RUF012
-    outputs = {"out": Port("audio", behaviour="runtime")}  # noqa: RUF012
+    inputs: dict[str, Port] = {}
+    outputs = {"out": Port("audio", behaviour="runtime")}
 
     def generate(self) -> Any:
         return iter(())
@@ -48,8 +56,8 @@ class Adaptive48(Node):
     """A source that can produce any rate in a range (the sink should choose)."""
 
     node_type = "n_adaptive_src"
-    inputs: dict[str, Port] = {}  # noqa: RUF012
-    outputs = {"out": Port("audio(sample_rate=8000..48000, channels=1, format=f32, frame_ms=20)")}  # noqa: RUF012
+    inputs: dict[str, Port] = {}
+    outputs = {"out": Port("audio(sample_rate=8000..48000, channels=1, format=f32, frame_ms=20)")}
 
     def generate(self) -> Any:
         return iter(())
@@ -57,8 +65,13 @@ class Adaptive48(Node):
 
 class Needs512(Node):
     node_type = "n_needs512"
-    inputs = {"in": Port("audio(sample_rate=16000, channels=1, format=f32)", frame=FrameConstraint(samples=(512,)))}  # noqa: RUF012
-    outputs: dict[str, Port] = {}  # noqa: RUF012
+    inputs = {
+        "in": Port(
+            "audio(sample_rate=16000, channels=1, format=f32)",
+            frame=FrameConstraint(samples=(512,)),
+        )
+    }
+    outputs: dict[str, Port] = {}
 
     def process(self, item: Any, port: str) -> None:
         return None
@@ -75,7 +88,9 @@ def two(src_caps: str, dst: Any, **dst_params: Any) -> Pipeline:
 def test_static_match_gives_fixed_caps_per_edge() -> None:
     p = two("audio(sample_rate=16000, channels=1, format=f32, frame_ms=20)", Sink16k)
     n = p.negotiate()
-    assert n.caps("mic") == Caps.parse("audio(sample_rate=16000, channels=1, format=f32, frame_ms=20)")
+    assert n.caps("mic") == Caps.parse(
+        "audio(sample_rate=16000, channels=1, format=f32, frame_ms=20)"
+    )
     assert n.inserted == () and n.deferred == ()
 
 
@@ -103,7 +118,7 @@ def test_every_mismatching_field_gets_a_suggestion() -> None:
 
 def test_media_mismatch_is_not_converted() -> None:
     p = two("video(width=4, height=4)", Sink16k)
-    with pytest.raises(NegotiationError, match="gives video but 'vad.in' takes audio"):
+    with pytest.raises(NegotiationError, match=r"gives video but 'vad\.in' takes audio"):
         p.negotiate(auto_convert=True)
 
 
@@ -118,7 +133,9 @@ def test_auto_convert_inserts_converters_in_order() -> None:
         "vad_resample.out -> vad.in",
     ]
     assert p.nodes["vad_resample"].params == {"sample_rate": 16000}
-    assert n.caps("vad_resample") == Caps.parse("audio(sample_rate=16000, channels=1, format=f32, frame_ms=20)")
+    assert n.caps("vad_resample") == Caps.parse(
+        "audio(sample_rate=16000, channels=1, format=f32, frame_ms=20)"
+    )
 
 
 def test_configured_output_comes_from_params() -> None:
@@ -199,7 +216,10 @@ def test_fan_out_and_fan_in_negotiate_each_edge() -> None:
     # back up the other branch, and the error says where a resampler would go.
     with pytest.raises(NegotiationError) as ei:
         p.negotiate()
-    assert "insert a resampler between 'b' and 'merge' to convert 48000 Hz to 16000 Hz" in ei.value.suggestions
+    assert (
+        "insert a resampler between 'b' and 'merge' to convert 48000 Hz to 16000 Hz"
+        in ei.value.suggestions
+    )
     n = p.negotiate(auto_convert=True)
     assert n.inserted == ("merge_resample",)
     assert n.caps("tee.out0").get("sample_rate") == 48000
@@ -212,11 +232,23 @@ def test_renegotiation_when_a_format_changes_mid_stream() -> None:
     p.connect("vad", "vad2")
     n = p.negotiate()
     assert n.caps("mic").get("sample_rate") == 48000
-    n2 = renegotiate(p, n, "mic", "out", Caps.parse("audio(sample_rate=44100, channels=1, format=f32, frame_ms=20)"))
+    n2 = renegotiate(
+        p,
+        n,
+        "mic",
+        "out",
+        Caps.parse("audio(sample_rate=44100, channels=1, format=f32, frame_ms=20)"),
+    )
     assert n2.caps("mic").get("sample_rate") == 44100
     assert n2.caps("vad").get("sample_rate") == 16000  # the resampler absorbs the change
     with pytest.raises(NegotiationError, match="convert 2 channels to 1"):
-        renegotiate(p, n, "mic", "out", Caps.parse("audio(sample_rate=44100, channels=2, format=f32, frame_ms=20)"))
+        renegotiate(
+            p,
+            n,
+            "mic",
+            "out",
+            Caps.parse("audio(sample_rate=44100, channels=2, format=f32, frame_ms=20)"),
+        )
 
 
 def _unused(_: Mapping[str, Any]) -> None:

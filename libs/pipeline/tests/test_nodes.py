@@ -11,8 +11,24 @@ import numpy as np
 import pytest
 import soxr
 
-from isthmus.pipeline import AudioChunk, EndOfStream, Interrupt, Pipeline, SpeechSegment, VideoFrame, resolve, run
-from isthmus.pipeline.nodes import Rechunker, SpeechTracker, StreamResampler, convert_format, level, mix_channels
+from isthmus.pipeline import (
+    AudioChunk,
+    EndOfStream,
+    Interrupt,
+    Pipeline,
+    SpeechSegment,
+    VideoFrame,
+    resolve,
+    run,
+)
+from isthmus.pipeline.nodes import (
+    Rechunker,
+    SpeechTracker,
+    StreamResampler,
+    convert_format,
+    level,
+    mix_channels,
+)
 
 
 def tone(seconds: float, rate: int, hz: float = 440.0, amp: float = 0.5) -> np.ndarray[Any, Any]:
@@ -119,7 +135,9 @@ def _espeak(tmp: Path, rate: int) -> tuple[np.ndarray[Any, Any], list[tuple[floa
     return np.concatenate(parts).reshape(-1, 1), truth
 
 
-@pytest.mark.parametrize(("vad", "rate", "ms"), [("webrtcvad", 16000, 20), ("silero_vad", 16000, 32)])
+@pytest.mark.parametrize(
+    ("vad", "rate", "ms"), [("webrtcvad", 16000, 20), ("silero_vad", 16000, 32)]
+)
 def test_vad_nodes_find_the_speech_segments(vad: str, rate: int, ms: float, tmp_path: Path) -> None:
     if vad == "silero_vad":  # a neural model: it wants real speech
         if shutil.which("espeak-ng") is None:
@@ -154,7 +172,7 @@ def test_interrupt_resets_the_resampler_and_rechunker() -> None:
     rc.process(AudioChunk(np.zeros((100, 1), np.float32), 16000), "in")
     rc.on_control(Interrupt())
     rc.process(AudioChunk(np.ones((320, 1), np.float32), 16000, 1.0), "in")
-    (port, c), = rc.take_emitted()
+    ((_port, c),) = rc.take_emitted()
     assert c.frames == 320 and float(c.samples[0, 0]) == 1.0 and c.pts == 1.0
 
 
@@ -243,7 +261,9 @@ def test_video_file_round_trip(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 def test_real_speech_through_resampler_and_webrtcvad(tmp_path: Path) -> None:
     wav = tmp_path / "speech.wav"
-    subprocess.run(["espeak-ng", "-w", str(wav), "Hello there. This is a pipeline test."], check=True)
+    subprocess.run(
+        ["espeak-ng", "-w", str(wav), "Hello there. This is a pipeline test."], check=True
+    )
     p = Pipeline()
     p.add("src", "audio_file_source", path=str(wav), sample_rate=48000)
     p.add("resample", "resample", sample_rate=16000)

@@ -16,7 +16,14 @@ import numpy as np
 import psutil
 import pytest
 
-from isthmus.pipeline import AudioChunk, EndOfStream, Pipeline, ProcessNodeError, Session, VideoFrame
+from isthmus.pipeline import (
+    AudioChunk,
+    EndOfStream,
+    Pipeline,
+    ProcessNodeError,
+    Session,
+    VideoFrame,
+)
 from isthmus.pipeline._process import ProcessWorker
 
 pytestmark = pytest.mark.asyncio
@@ -159,7 +166,13 @@ async def test_a_6mb_frame_is_written_in_place() -> None:
 async def test_a_process_node_in_a_session_with_restart_and_health() -> None:
     p = Pipeline()
     p.add("in", "input")
-    p.add("crashy", "_pnodes:crash_on", executor="process", options={"restarts": 1, "on_error": "skip"}, bad=3)
+    p.add(
+        "crashy",
+        "_pnodes:crash_on",
+        executor="process",
+        options={"restarts": 1, "on_error": "skip"},
+        bad=3,
+    )
     p.add("out", "output")
     p.chain("in", "crashy", "out")
     async with Session(p, negotiate=False) as s:
@@ -180,7 +193,8 @@ async def _collect(s: Session) -> list[Any]:
 
 def test_the_child_dies_with_its_parent(tmp_path: Path) -> None:
     script = tmp_path / "parent.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import asyncio, sys
         sys.path.insert(0, {TESTS!r})
         from isthmus.pipeline._process import ProcessWorker
@@ -191,7 +205,8 @@ def test_the_child_dies_with_its_parent(tmp_path: Path) -> None:
             await asyncio.sleep(60)
         if __name__ == "__main__":
             asyncio.run(main())
-    """))
+    """)
+    )
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
         assert parent.stdout is not None

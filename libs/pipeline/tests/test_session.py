@@ -73,7 +73,7 @@ class Router(Node):
     """Evens to "even", odds to "odd"."""
 
     node_type = "t_router"
-    outputs = {"even": Port(), "odd": Port()}  # noqa: RUF012
+    outputs = {"even": Port(), "odd": Port()}
 
     def process(self, item: int, port: str) -> None:
         self.emit(item, "even" if item % 2 == 0 else "odd")
@@ -83,7 +83,7 @@ class Zip(Node):
     """Pairs items from inputs a and b in order (fan-in)."""
 
     node_type = "t_zip"
-    inputs = {"a": Port(), "b": Port()}  # noqa: RUF012
+    inputs = {"a": Port(), "b": Port()}
 
     def __init__(self) -> None:
         self.pending: dict[str, list[int]] = {"a": [], "b": []}
@@ -99,7 +99,7 @@ class Lifecycle(Node):
     """Records its life cycle."""
 
     node_type = "t_life"
-    log: list[str] = []  # noqa: RUF012
+    log: list[str] = []
 
     def __init__(self, *, tag: str = "x") -> None:
         self.tag = tag
@@ -186,7 +186,9 @@ async def test_fan_out_and_fan_in() -> None:
     p.connect("r.even", "z.a")
     p.connect("r.odd", "z.b")
     p.connect("z", "out")
-    assert await asyncio.to_thread(run, p, {"in": range(10)}, negotiate=False) == {"out": [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]}
+    assert await asyncio.to_thread(run, p, {"in": range(10)}, negotiate=False) == {
+        "out": [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
+    }
 
 
 async def test_fan_out_to_two_outputs() -> None:
@@ -215,10 +217,14 @@ async def test_lifecycle_initialize_control_and_close_in_order() -> None:
         got = await reader
     assert got == [1, "tail", "tail"]
     assert Lifecycle.log == [
-        "init a", "init b",
-        "Message a", "Message b",
-        "EndOfStream a", "EndOfStream b",
-        "close b", "close a",
+        "init a",
+        "init b",
+        "Message a",
+        "Message b",
+        "EndOfStream a",
+        "EndOfStream b",
+        "close b",
+        "close a",
     ]
 
 
@@ -288,7 +294,10 @@ async def test_block_policy_backpressures_the_producer_and_loses_nothing() -> No
         assert await reader == list(range(6))
 
 
-@pytest.mark.parametrize(("policy", "expected"), [("drop_oldest", [0, 2, 3, 4, 5]), ("latest", [0, 5]), ("drop_newest", [0, 1, 2, 3, 4])])
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [("drop_oldest", [0, 2, 3, 4, 5]), ("latest", [0, 5]), ("drop_newest", [0, 1, 2, 3, 4])],
+)
 async def test_overflow_policies(policy: str, expected: list[int]) -> None:
     p = chain(Gate, maxsize=4, overflow=policy)
     async with Session(p, negotiate=False) as s:
@@ -405,7 +414,9 @@ async def test_retry_with_backoff_recovers_from_transient_failures() -> None:
 
 async def test_circuit_breaker_opens_after_consecutive_failures() -> None:
     p = chain((Flaky, {"failures": 100}))
-    p.nodes["n0"].options.update(on_error="skip", circuit_breaker={"threshold": 3, "reset_after": 60})
+    p.nodes["n0"].options.update(
+        on_error="skip", circuit_breaker={"threshold": 3, "reset_after": 60}
+    )
     p.nodes["n0"].executor = "task"
     async with Session(p, negotiate=False) as s:
         reader = asyncio.create_task(collect(s))

@@ -11,13 +11,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from ._errors import CapsError
 
 __all__ = ["Caps", "CapsSet", "Range", "Value", "parse_caps"]
 
-Scalar = Union[int, float, str]
+Scalar = int | float | str
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +34,7 @@ class Range:
         return f"{_fmt(self.lo)}..{_fmt(self.hi)}"
 
 
-Value = Union[Scalar, Range, frozenset[Scalar], tuple[Scalar, ...]]
+Value = Scalar | Range | frozenset[Scalar] | tuple[Scalar, ...]
 
 
 def _fmt(v: Any) -> str:
@@ -232,8 +232,10 @@ class Caps:
         fields: dict[str, Any] = {}
         for k, v in self._fields.items():
             want = (prefer or {}).get(k)
-            if want is not None and _meet(v, _norm(want)) is not None and not isinstance(
-                _norm(want), Range | tuple
+            if (
+                want is not None
+                and _meet(v, _norm(want)) is not None
+                and not isinstance(_norm(want), Range | tuple)
             ):
                 fields[k] = want
             elif isinstance(v, tuple):

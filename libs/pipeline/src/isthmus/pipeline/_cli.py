@@ -34,17 +34,37 @@ def _env_flag(name: str) -> bool:
 
 def _jsonable(node_id: str, item: Any) -> dict[str, Any]:
     if isinstance(item, SpeechSegment):
-        return {"node": node_id, "type": "speech", "start": round(item.start, 3), "end": round(item.end, 3)}
+        return {
+            "node": node_id,
+            "type": "speech",
+            "start": round(item.start, 3),
+            "end": round(item.end, 3),
+        }
     if isinstance(item, AudioChunk):
-        return {"node": node_id, "type": "audio", "pts": round(item.pts, 4), "frames": item.frames,
-                "sample_rate": item.sample_rate, "channels": item.channels}
+        return {
+            "node": node_id,
+            "type": "audio",
+            "pts": round(item.pts, 4),
+            "frames": item.frames,
+            "sample_rate": item.sample_rate,
+            "channels": item.channels,
+        }
     if isinstance(item, VideoFrame):
-        return {"node": node_id, "type": "video", "pts": item.pts, "width": item.width, "height": item.height}
+        return {
+            "node": node_id,
+            "type": "video",
+            "pts": item.pts,
+            "width": item.width,
+            "height": item.height,
+        }
     as_dict = getattr(item, "as_dict", None)
     if callable(as_dict):
         d = as_dict()
-        return {"node": node_id, "type": type(item).__name__.lower(),
-                **{k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in d.items()}}
+        return {
+            "node": node_id,
+            "type": type(item).__name__.lower(),
+            **{k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in d.items()},
+        }
     return {"node": node_id, "type": type(item).__name__, "value": repr(item)}
 
 
@@ -73,7 +93,11 @@ def cmd_graph(opts: argparse.Namespace) -> int:
     from ._render import render, to_dot
 
     p = load(opts.manifest)
-    neg = p.negotiate(auto_convert=bool(opts.auto_convert or p.negotiation.get("auto_convert"))) if opts.negotiate else None
+    neg = (
+        p.negotiate(auto_convert=bool(opts.auto_convert or p.negotiation.get("auto_convert")))
+        if opts.negotiate
+        else None
+    )
     if opts.output is None:
         sys.stdout.write(to_dot(p, neg))
         return 0
@@ -95,7 +119,8 @@ def cmd_node_types(opts: argparse.Namespace) -> int:
                 print(f"    {kind:3} {pname}: {port.caps}{extra}{frame}")
         if nt.params:
             params = ", ".join(
-                p.name + ("" if p.default is p.empty else f"={p.default!r}") for p in nt.params.values()
+                p.name + ("" if p.default is p.empty else f"={p.default!r}")
+                for p in nt.params.values()
             )
             print(f"    params: {params}")
     return 0
@@ -109,7 +134,13 @@ def _input_caps(p: Any, node_id: str) -> Caps:
 
 async def _run(opts: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from ._session import Session
     from .nodes import AudioFileSource
@@ -120,9 +151,13 @@ async def _run(opts: argparse.Namespace) -> int:
     if opts.input and feed_node is None:
         raise PipelineError("--input needs an `input` node in the manifest")
     if feed_node is not None and feed_node not in inputs:
-        raise PipelineError(f"{feed_node!r} is not an input node (inputs: {', '.join(inputs) or 'none'})")
+        raise PipelineError(
+            f"{feed_node!r} is not an input node (inputs: {', '.join(inputs) or 'none'})"
+        )
     if inputs and not opts.input:
-        raise PipelineError(f"the manifest has input node(s) {', '.join(inputs)}: give --input FILE")
+        raise PipelineError(
+            f"the manifest has input node(s) {', '.join(inputs)}: give --input FILE"
+        )
     source: AudioFileSource | None = None
     duration = 0.0
     if opts.input:
@@ -155,8 +190,13 @@ async def _run(opts: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:.1f}/{task.total:.1f} s"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=opts.quiet or not duration,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:.1f}/{task.total:.1f} s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=opts.quiet or not duration,
     )
     try:
         auto = bool(opts.auto_convert) or None
@@ -192,14 +232,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="isthmus-pipeline",
         description="Run, validate and draw isthmus pipelines described by YAML/JSON manifests.",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors; no progress bar")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sp: argparse.ArgumentParser) -> None:
         # -v/-q also after the command (SUPPRESS keeps the top-level value when absent).
-        sp.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging")
-        sp.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only errors")
+        sp.add_argument(
+            "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging"
+        )
+        sp.add_argument(
+            "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only errors"
+        )
         sp.add_argument("manifest", help="the pipeline manifest (.yaml, .yml or .json)")
         sp.add_argument(
             "--auto-convert",
@@ -209,27 +255,41 @@ def build_parser() -> argparse.ArgumentParser:
             "(env ISTHMUS_PIPELINE_AUTO_CONVERT=1)",
         )
 
-    r = sub.add_parser("run", help="run a pipeline over an input file", description="Run a pipeline: "
-                       "decode --input into the manifest's `input` node and print what reaches its "
-                       "`output` nodes as JSON lines.")
+    r = sub.add_parser(
+        "run",
+        help="run a pipeline over an input file",
+        description="Run a pipeline: "
+        "decode --input into the manifest's `input` node and print what reaches its "
+        "`output` nodes as JSON lines.",
+    )
     common(r)
     r.add_argument("--input", "-i", help="audio file to feed (any format FFmpeg reads)")
     r.add_argument("--input-node", help="the input node to feed (default: the first)")
     r.add_argument("--output", "-o", help="write JSON lines here instead of stdout")
     r.add_argument("--realtime", action="store_true", help="feed at the audio's own pace")
-    r.add_argument("--frame-ms", type=float, default=20.0, help="chunk length when the input caps "
-                   "do not fix it (default 20)")
+    r.add_argument(
+        "--frame-ms",
+        type=float,
+        default=20.0,
+        help="chunk length when the input caps do not fix it (default 20)",
+    )
     r.set_defaults(func=cmd_run)
 
-    v = sub.add_parser("validate", help="check a manifest; exit 0 when valid",
-                       description="Check a manifest: structure, node types, params, ports, cycles "
-                       "and caps negotiation. Exit status 0 when valid, 1 with every error and "
-                       "suggestion otherwise.")
+    v = sub.add_parser(
+        "validate",
+        help="check a manifest; exit 0 when valid",
+        description="Check a manifest: structure, node types, params, ports, cycles "
+        "and caps negotiation. Exit status 0 when valid, 1 with every error and "
+        "suggestion otherwise.",
+    )
     common(v)
     v.set_defaults(func=cmd_validate)
 
-    g = sub.add_parser("graph", help="draw the pipeline (DOT, PNG, SVG)",
-                       description="Print the pipeline as Graphviz DOT, or render it with -o.")
+    g = sub.add_parser(
+        "graph",
+        help="draw the pipeline (DOT, PNG, SVG)",
+        description="Print the pipeline as Graphviz DOT, or render it with -o.",
+    )
     common(g)
     g.add_argument("--output", "-o", help="graph.png, graph.svg, graph.pdf or graph.dot")
     g.add_argument("--negotiate", action="store_true", help="label edges with negotiated caps")
@@ -249,7 +309,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level = "DEBUG" if opts.verbose > 1 else "INFO"
     if opts.quiet:
         level = "ERROR"
-    logging.basicConfig(level=getattr(logging, level, logging.WARNING), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, level, logging.WARNING), format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(opts.func(opts))
     except (ManifestError, NegotiationError) as e:

@@ -58,9 +58,19 @@ def _kind(item: Any, port: str) -> int:
     t = type(item)
     if t is AudioChunk and item.samples.flags.c_contiguous and item.format in _FORMAT_CODE:
         return AUDIO
-    if t is VideoFrame and item.data.flags.c_contiguous and item.data.ndim in (2, 3) and len(item.format) <= 12:
+    if (
+        t is VideoFrame
+        and item.data.flags.c_contiguous
+        and item.data.ndim in (2, 3)
+        and len(item.format) <= 12
+    ):
         return VIDEO
-    if t is np.ndarray and item.flags.c_contiguous and item.ndim <= 3 and item.dtype.hasobject is False:
+    if (
+        t is np.ndarray
+        and item.flags.c_contiguous
+        and item.ndim <= 3
+        and item.dtype.hasobject is False
+    ):
         return ARRAY
     if t in (bytes, bytearray, memoryview):
         return BYTES
@@ -81,7 +91,9 @@ def encoded_size(item: Any, port: str = "") -> int:
     return HEADER + len(pickle.dumps((port, item), protocol=5))
 
 
-def _header(buf: memoryview, kind: int, port: str, a: int = 0, b: int = 0, pts: float = 0.0, flags: int = 0) -> None:
+def _header(
+    buf: memoryview, kind: int, port: str, a: int = 0, b: int = 0, pts: float = 0.0, flags: int = 0
+) -> None:
     name = port.encode()
     _HEAD.pack_into(buf, 0, kind, len(name), flags, a, b, pts)
     buf[52 : 52 + len(name)] = name

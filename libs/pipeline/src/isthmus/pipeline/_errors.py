@@ -59,7 +59,9 @@ class ManifestError(GraphError):
             where.append(f"line {line}")
         if node is not None:
             where.append(f"node {node!r}" + (f" port {port!r}" if port is not None else ""))
-        super().__init__(f"{', '.join(where)}: {message}" if where else message, node=node, port=port)
+        super().__init__(
+            f"{', '.join(where)}: {message}" if where else message, node=node, port=port
+        )
         self.line = line
         self.source = source
         self.reason = message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -110,7 +111,8 @@ class Pipeline:
         line: int | None = None,
         **params: Any,
     ) -> NodeSpec:
-        """Add a node: ``node_type`` is a registered name, ``module:qualname``, class or function."""
+        """Add a node: ``node_type`` is a registered name, ``module:qualname``, class or
+        function."""
         if not node_id or "." in node_id:
             raise GraphError(f"invalid node id {node_id!r} (non-empty, no '.')", node=node_id)
         if node_id in self.nodes:
@@ -166,7 +168,8 @@ class Pipeline:
         overflow: str | None = None,
         line: int | None = None,
     ) -> Connection:
-        """Connect ``"a.out"`` to ``"b.in"`` (a lone or default ``out``/``in`` port may be omitted)."""
+        """Connect ``"a.out"`` to ``"b.in"`` (a lone or default ``out``/``in`` port may be
+        omitted)."""
         s, sp = self._endpoint(src, output=True)
         d, dp = self._endpoint(dst, output=False)
         options: dict[str, Any] = {}
@@ -191,7 +194,7 @@ class Pipeline:
 
     def chain(self, *node_ids: str, **edge: Any) -> None:
         """Connect each node's default output to the next one's default input."""
-        for a, b in zip(node_ids, node_ids[1:], strict=False):
+        for a, b in itertools.pairwise(node_ids):
             self.connect(a, b, **edge)
 
     def remove(self, node_id: str) -> None:
@@ -256,7 +259,7 @@ class Pipeline:
 
     def topological_order(self) -> list[str]:
         """Every node id, each after all that feed it; GraphError naming a cycle if there is one."""
-        indeg = {n: 0 for n in self.nodes}
+        indeg = dict.fromkeys(self.nodes, 0)
         for c in self.connections:
             indeg[c.dst] += 1
         ready = [n for n in self.nodes if indeg[n] == 0]
@@ -270,9 +273,7 @@ class Pipeline:
                     ready.append(d)
         if len(order) != len(self.nodes):
             cycle = self._find_cycle({n for n in self.nodes if n not in order})
-            raise GraphError(
-                "the pipeline has a cycle: " + " -> ".join(cycle), node=cycle[0]
-            )
+            raise GraphError("the pipeline has a cycle: " + " -> ".join(cycle), node=cycle[0])
         return order
 
     def _find_cycle(self, candidates: set[str]) -> list[str]:

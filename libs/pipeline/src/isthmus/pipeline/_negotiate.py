@@ -56,8 +56,8 @@ class Negotiated:
     def describe(self) -> str:
         """One line per edge: ``a.out -> b.in  audio(...)``."""
         width = max((len(str(c)) for c in self.edges), default=0)
-        lines = [f"{str(c):<{width}}  {caps}" for c, caps in self.edges.items()]
-        lines += [f"{str(c):<{width}}  (known at run time)" for c in self.deferred]
+        lines = [f"{c!s:<{width}}  {caps}" for c, caps in self.edges.items()]
+        lines += [f"{c!s:<{width}}  (known at run time)" for c in self.deferred]
         if self.inserted:
             lines.append("inserted: " + ", ".join(self.inserted))
         return "\n".join(lines)
@@ -96,9 +96,11 @@ class _Pass:
         spec = self.p.nodes[nid]
         node = spec.prototype
         found = self.discovered.get(nid, {})
-        hooked = node.output_caps({k: _first(v) for k, v in inputs.items()}) if all(
-            isinstance(v, Caps | CapsSet) for v in inputs.values()
-        ) else None
+        hooked = (
+            node.output_caps({k: _first(v) for k, v in inputs.items()})
+            if all(isinstance(v, Caps | CapsSet) for v in inputs.values())
+            else None
+        )
         first_in = next(iter(inputs.values()), None)
         out: dict[str, Caps | CapsSet] = {}
         for port, decl in spec.outputs.items():
@@ -124,7 +126,9 @@ class _Pass:
                 out[port] = declared
         return out
 
-    def forward(self, fix: bool, prefer: Mapping[str, Any] | None) -> list[tuple[Connection, Caps | CapsSet, Caps | CapsSet]]:
+    def forward(
+        self, fix: bool, prefer: Mapping[str, Any] | None
+    ) -> list[tuple[Connection, Caps | CapsSet, Caps | CapsSet]]:
         """Compute every edge; returns the mismatches (connection, upstream, downstream)."""
         bad: list[tuple[Connection, Caps | CapsSet, Caps | CapsSet]] = []
         ins: dict[str, dict[str, Caps | CapsSet]] = {n: {} for n in self.order}
@@ -156,7 +160,7 @@ class _Pass:
         """Narrow the inputs of following nodes by what their outputs may carry."""
         for nid in reversed(self.order):
             spec = self.p.nodes[nid]
-            outs = [c for c in self.p.outgoing(nid)]
+            outs = list(self.p.outgoing(nid))
             if not outs or not spec.inputs:
                 continue
             behaviours = {spec.outputs[c.src_port].behaviour for c in outs}
@@ -211,7 +215,9 @@ def _target(have: Any, want: Any) -> Any:
     return options[0]
 
 
-def _suggest(c: Connection, up: Caps | CapsSet, down: Caps | CapsSet) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
+def _suggest(
+    c: Connection, up: Caps | CapsSet, down: Caps | CapsSet
+) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
     """Human suggestions and the converters (type, params) that would fix one edge."""
     u, d = _first(up), _first(down)
     between = f"between '{c.src}' and '{c.dst}'"
@@ -296,9 +302,9 @@ def negotiate(
             return Negotiated(edges, tuple(inserted), deferred, found)
         if not auto_convert or any(not f for _, f in fixes):
             raise NegotiationError(
-                "caps negotiation failed: " + "; ".join(tips[:1]) + (
-                    f" (and {len(tips) - 1} more)" if len(tips) > 1 else ""
-                ),
+                "caps negotiation failed: "
+                + "; ".join(tips[:1])
+                + (f" (and {len(tips) - 1} more)" if len(tips) > 1 else ""),
                 tips,
             )
         for c, conv in fixes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
 
 from ._errors import GraphError
@@ -77,7 +77,7 @@ class FrameConstraint:
         return ", ".join(parts) or "any frame size"
 
 
-def _parse_caps(caps: Any) -> Any:
+def _parse_caps(caps: Any) -> Caps | CapsSet:
     from ._caps import Caps, CapsSet, parse_caps
 
     if isinstance(caps, Caps | CapsSet):
@@ -85,7 +85,6 @@ def _parse_caps(caps: Any) -> Any:
     return parse_caps(str(caps))
 
 
-@dataclass(frozen=True)
 class Port:
     """A named input or output: the caps it takes or gives and how they are decided.
 
@@ -93,15 +92,36 @@ class Port:
     ``frame`` constrains the chunk size an input needs.
     """
 
-    caps: Caps | CapsSet = field(default="any")  # type: ignore[assignment]
-    behaviour: str = "static"
-    frame: FrameConstraint | None = None
-    doc: str = ""
+    __slots__ = ("behaviour", "caps", "doc", "frame")
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "caps", _parse_caps(self.caps))
-        if self.behaviour not in BEHAVIOURS:
-            raise ValueError(f"unknown port behaviour {self.behaviour!r}: one of {BEHAVIOURS}")
+    def __init__(
+        self,
+        caps: str | Caps | CapsSet = "any",
+        behaviour: str = "static",
+        frame: FrameConstraint | None = None,
+        doc: str = "",
+    ) -> None:
+        if behaviour not in BEHAVIOURS:
+            raise ValueError(f"unknown port behaviour {behaviour!r}: one of {BEHAVIOURS}")
+        self.caps: Caps | CapsSet = _parse_caps(caps)
+        self.behaviour = behaviour
+        self.frame = frame
+        self.doc = doc
+
+    def __repr__(self) -> str:
+        extra = f", behaviour={self.behaviour!r}" if self.behaviour != "static" else ""
+        extra += f", frame={self.frame!r}" if self.frame else ""
+        return f"Port({str(self.caps)!r}{extra})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Port) and (self.caps, self.behaviour, self.frame) == (
+            other.caps,
+            other.behaviour,
+            other.frame,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.caps, self.behaviour, self.frame))
 
 
 def _ports(spec: Mapping[str, Port | str | Any] | None) -> dict[str, Port]:
@@ -129,7 +149,7 @@ class Node:
     id: str = ""
     _emitted: list[tuple[str, Any]] | None = None
 
-    def initialize(self) -> None | Awaitable[None]:
+    def initialize(self) -> Awaitable[None] | None:
         """Acquire resources (open files, load models); sync or async."""
         return None
 
@@ -145,7 +165,7 @@ class Node:
         """A control message arrived; return an item to send, if any.  Default: nothing."""
         return None
 
-    def close(self) -> None | Awaitable[None]:
+    def close(self) -> Awaitable[None] | None:
         """Release resources; sync or async.  Called once, also after errors."""
         return None
 
@@ -335,7 +355,11 @@ def node(
         ins = _ports(inputs) if inputs is not None else {"in": Port()}
         outs = _ports(outputs) if outputs is not None else {"out": Port()}
         nt = NodeType(
-            f, name=name or f.__name__, inputs=ins, outputs=outs, is_class=False,
+            f,
+            name=name or f.__name__,
+            inputs=ins,
+            outputs=outs,
+            is_class=False,
             doc=inspect.getdoc(f) or "",
         )
         f.__isthmus_node_type__ = nt

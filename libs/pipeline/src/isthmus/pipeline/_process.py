@@ -130,7 +130,9 @@ def _child_main(cfg: _Config) -> None:  # pragma: no cover - runs in the child (
         from ._node import FunctionNode
 
         form = node._ntype.form if isinstance(node, FunctionNode) else _form(type(node).process)
-        default = "out" if "out" in node.outputs or len(node.outputs) != 1 else next(iter(node.outputs))
+        default = (
+            "out" if "out" in node.outputs or len(node.outputs) != 1 else next(iter(node.outputs))
+        )
         out.message(codec.READY, os.getpid())
     except BaseException as e:
         out.message(codec.FAILED, "".join(traceback.format_exception(e)))
@@ -169,7 +171,11 @@ def _child_main(cfg: _Config) -> None:  # pragma: no cover - runs in the child (
             try:
                 emit_all(run(node.on_control(msg)))
             except Exception as e:
-                out.message(codec.ERROR, ("", f"{type(e).__name__}: {e}", "".join(traceback.format_exception(e))), a)
+                out.message(
+                    codec.ERROR,
+                    ("", f"{type(e).__name__}: {e}", "".join(traceback.format_exception(e))),
+                    a,
+                )
             if not isinstance(msg, Interrupt):
                 out.message(codec.CONTROL, msg)
             continue
@@ -189,7 +195,11 @@ def _child_main(cfg: _Config) -> None:  # pragma: no cover - runs in the child (
             else:
                 emit_all(r)
         except Exception as e:
-            out.message(codec.ERROR, (port, f"{type(e).__name__}: {e}", "".join(traceback.format_exception(e))), a)
+            out.message(
+                codec.ERROR,
+                (port, f"{type(e).__name__}: {e}", "".join(traceback.format_exception(e))),
+                a,
+            )
         del item, r
         # Credits go back in batches: when the input ring is empty (before the child would
         # sleep) or every 16 inputs, so a busy stream does not wake the parent per input.
@@ -313,19 +323,33 @@ class ProcessWorker:
         self._inflight.clear()
         ctx = multiprocessing.get_context(self.start_method)
         self._current = SharedSegment.create(f"{tag}-c", 64)
-        cfg = _Config(self.node_type, self.params, self.name, self._in.name, self._out.name,
-                      os.getpid(), self.spin, self.heartbeat, self._current.name)
-        self._proc = ctx.Process(target=_child_main, args=(cfg,), name=f"isthmus-node-{self.name}", daemon=True)
+        cfg = _Config(
+            self.node_type,
+            self.params,
+            self.name,
+            self._in.name,
+            self._out.name,
+            os.getpid(),
+            self.spin,
+            self.heartbeat,
+            self._current.name,
+        )
+        self._proc = ctx.Process(
+            target=_child_main, args=(cfg,), name=f"isthmus-node-{self.name}", daemon=True
+        )
         self._ready = self._loop.create_future()
         try:
             self._proc.start()
-            self._reader = threading.Thread(target=self._read, name=f"isthmus-node-{self.name}-reader", daemon=True)
+            self._reader = threading.Thread(
+                target=self._read, name=f"isthmus-node-{self.name}-reader", daemon=True
+            )
             self._reader.start()
             try:
                 await asyncio.wait_for(asyncio.shield(self._ready), self.start_timeout)
             except TimeoutError:
                 raise ProcessNodeError(
-                    f"process node {self.name!r} did not start within {self.start_timeout} s", node=self.name
+                    f"process node {self.name!r} did not start within {self.start_timeout} s",
+                    node=self.name,
                 ) from None
             # Both sides have the rings open: take the names away so nothing can leak.
             with contextlib.suppress(Exception):
@@ -477,10 +501,16 @@ class ProcessWorker:
                 exc, code = ev[1], ev[2]
                 if self._dead is None and not self._closed:
                     current = self._current_seq()
-                    item = self._inflight.get(current) or next(iter(self._inflight.values()), ("", None))
+                    item = self._inflight.get(current) or next(
+                        iter(self._inflight.values()), ("", None)
+                    )
                     self._dead = ProcessNodeError(
                         f"process node {self.name!r} died (exit code {code}) "
-                        + (f"while handling an input from port {item[0]!r}" if item[1] is not None else "")
+                        + (
+                            f"while handling an input from port {item[0]!r}"
+                            if item[1] is not None
+                            else ""
+                        )
                         + f": {exc}",
                         node=self.name,
                         port=item[0] or None,
@@ -488,7 +518,9 @@ class ProcessWorker:
                     )
                     self._events.append((codec.FAILED, None, self._dead))
                 if self._ready is not None and not self._ready.done():
-                    self._ready.set_exception(self._dead or ProcessNodeError("child exited", node=self.name))
+                    self._ready.set_exception(
+                        self._dead or ProcessNodeError("child exited", node=self.name)
+                    )
                 w = self._credit_waiter
                 if w is not None and not w.done():
                     w.set_result(None)
@@ -525,7 +557,9 @@ class ProcessWorker:
         if n > ring.max_message:
             raise ProcessNodeError(
                 f"an item of {n} bytes does not fit process node {self.name!r}'s ring "
-                f"(ring_bytes={self.ring_bytes})", node=self.name)
+                f"(ring_bytes={self.ring_bytes})",
+                node=self.name,
+            )
         try:
             return ring.loan(n, timeout=0)
         except WaitTimeoutError:
@@ -587,7 +621,9 @@ class ProcessWorker:
             elif video_format is not None:
                 h, w = shape[:2]
                 codec._header(mv, codec.VIDEO, port, flags=dt.itemsize, pts=pts)
-                codec._VIDEO.pack_into(mv, 24, h, w, shape[2] if len(shape) == 3 else 0, video_format.encode())
+                codec._VIDEO.pack_into(
+                    mv, 24, h, w, shape[2] if len(shape) == 3 else 0, video_format.encode()
+                )
             else:
                 dims = list(shape) + [0] * (3 - len(shape))
                 codec._header(mv, codec.ARRAY, port)
@@ -607,7 +643,7 @@ class ProcessWorker:
         (not for :class:`Interrupt`)."""
         if self._in is None:
             raise ProcessNodeError(f"process node {self.name!r} is not running", node=self.name)
-        n, data = codec.message_size(msg)
+        n, _data = codec.message_size(msg)
         buf = await self._loan(n)
         with memoryview(buf) as mv:
             used = codec.encode_message(mv, codec.CONTROL, msg)
@@ -632,7 +668,11 @@ class ProcessWorker:
                     port, message, tb, item = payload
                     err = ProcessNodeError(
                         f"node {self.name!r} (in a child process) failed on an input from port "
-                        f"{port!r}: {message}", node=self.name, port=port or None, item=item)
+                        f"{port!r}: {message}",
+                        node=self.name,
+                        port=port or None,
+                        item=item,
+                    )
                     err.__notes__ = [tb]
                     raise err
                 if kind == codec.FAILED:
@@ -661,6 +701,7 @@ class ProcessWorker:
             "alive": self.alive,
             "pid": self.pid,
             "inflight": len(self._inflight),
-            "heartbeat_age": time.monotonic() - self.last_heartbeat if self.last_heartbeat else None,
+            "heartbeat_age": time.monotonic() - self.last_heartbeat
+            if self.last_heartbeat
+            else None,
         }
-

@@ -59,7 +59,7 @@ def to_dot(p: Pipeline, negotiated: Negotiated | None = None) -> str:
 def render(
     p: Pipeline,
     path: str | os.PathLike[str],
-    format: str | None = None,  # noqa: A002
+    format: str | None = None,
     negotiated: Negotiated | None = None,
 ) -> Path:
     """Write the graph to ``path`` as PNG or SVG (from the suffix), or DOT for ``.dot``."""

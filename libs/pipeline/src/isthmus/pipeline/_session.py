@@ -115,7 +115,9 @@ class _Runner:
         self.metrics: NodeMetrics = session.metrics.node(spec.id)
         self.out: dict[str, list[_Edge]] = {p: [] for p in node.outputs}
         # A returned value goes to "out", or to the only output when it has another name.
-        self.default_out = "out" if "out" in self.out or len(self.out) != 1 else next(iter(self.out))
+        self.default_out = (
+            "out" if "out" in self.out or len(self.out) != 1 else next(iter(self.out))
+        )
         self.in_ports = set(node.inputs)
         self.ended: set[str] = set()
         self.done = False
@@ -251,7 +253,9 @@ class _Direct(_Runner):
 
     def __init__(self, session: Session, spec: NodeSpec, node: Node) -> None:
         super().__init__(session, spec, node)
-        self.form = _form(type(node).process) if not isinstance(node, FunctionNode) else spec.type.form
+        self.form = (
+            _form(type(node).process) if not isinstance(node, FunctionNode) else spec.type.form
+        )
         # Fast path: a function node with one output and no metrics is one call per item.
         self.fn: Callable[..., Any] | None = None
         if isinstance(node, FunctionNode) and self.form == SYNC and not node._params:
@@ -811,7 +815,9 @@ class Session:
             # those nodes start first and negotiation uses what they found.
             discovered: dict[str, dict[str, Any]] = {}
             for nid, spec in p.nodes.items():
-                if any(getattr(port, "behaviour", "") == "runtime" for port in spec.outputs.values()):
+                if any(
+                    getattr(port, "behaviour", "") == "runtime" for port in spec.outputs.values()
+                ):
                     if spec.executor in ("process", "ray"):
                         continue
                     n = nodes[nid] = spec.create()
@@ -856,9 +862,11 @@ class Session:
             dst = self.runners[c.dst]
             edge = _Edge(c, dst, self.metrics.edge(str(c)))
             if isinstance(dst, _Output):
-                edge.maxsize = min(edge.maxsize, self.output_maxsize) if c.options.get(
-                    "maxsize"
-                ) else self.output_maxsize
+                edge.maxsize = (
+                    min(edge.maxsize, self.output_maxsize)
+                    if c.options.get("maxsize")
+                    else self.output_maxsize
+                )
             self.runners[c.src].out[c.src_port].append(edge)
         self._state = "running"
         for r in self.runners.values():
@@ -1028,7 +1036,11 @@ class Session:
             self._fatal_error = err
             # Stop the sources: nothing more should enter a failed session.
             for r in self.runners.values():
-                if isinstance(r, _Source) and r.task is not None and r.task is not asyncio.current_task():
+                if (
+                    isinstance(r, _Source)
+                    and r.task is not None
+                    and r.task is not asyncio.current_task()
+                ):
                     r.task.cancel()
         if self._done is not None:
             self._done.set()

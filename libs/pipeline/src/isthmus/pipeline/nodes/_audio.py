@@ -16,7 +16,15 @@ from .._media import FORMAT_DTYPES, AudioChunk
 from .._node import Node, Port, register
 from ._dsp import Rechunker, StreamResampler, convert_format, level, mix_channels
 
-__all__ = ["ArraySource", "ChannelMix", "LevelMeter", "Levels", "Rechunk", "Resample", "SampleFormat"]
+__all__ = [
+    "ArraySource",
+    "ChannelMix",
+    "LevelMeter",
+    "Levels",
+    "Rechunk",
+    "Resample",
+    "SampleFormat",
+]
 
 _RESAMPLE_FORMATS = "[f32,f64,s16,s32]"
 
@@ -53,8 +61,15 @@ class Resample(Node):
     def process(self, item: AudioChunk, port: str) -> AudioChunk | None:
         rs = self._rs
         s = item.samples
-        if rs is None or rs.in_rate != item.sample_rate or rs.channels != s.shape[1] or rs.dtype != s.dtype:
-            rs = self._rs = StreamResampler(item.sample_rate, self.sample_rate, s.shape[1], s.dtype, self.quality)
+        if (
+            rs is None
+            or rs.in_rate != item.sample_rate
+            or rs.channels != s.shape[1]
+            or rs.dtype != s.dtype
+        ):
+            rs = self._rs = StreamResampler(
+                item.sample_rate, self.sample_rate, s.shape[1], s.dtype, self.quality
+            )
             self._out_frames = 0
             self._pts0 = item.pts
             self._chunker = None
@@ -100,7 +115,9 @@ class Rechunk(Node):
     inputs = {"in": Port("audio", behaviour="adaptive")}  # noqa: RUF012
     outputs = {"out": Port("audio", behaviour="configured")}  # noqa: RUF012
 
-    def __init__(self, *, frame_ms: float | None = None, samples: int | None = None, pad: bool = True) -> None:
+    def __init__(
+        self, *, frame_ms: float | None = None, samples: int | None = None, pad: bool = True
+    ) -> None:
         if (frame_ms is None) == (samples is None):
             raise ValueError("rechunk takes one of frame_ms or samples")
         self.frame_ms = frame_ms
@@ -167,7 +184,7 @@ class SampleFormat(Node):
     inputs = {"in": Port("audio", behaviour="adaptive")}  # noqa: RUF012
     outputs = {"out": Port("audio", behaviour="configured")}  # noqa: RUF012
 
-    def __init__(self, *, format: str = "f32") -> None:  # noqa: A002 - the caps field's name
+    def __init__(self, *, format: str = "f32") -> None:
         if format not in FORMAT_DTYPES:
             raise ValueError(f"unknown sample format {format!r}: one of {', '.join(FORMAT_DTYPES)}")
         self.format = format
@@ -194,7 +211,10 @@ class Levels:
         return {"pts": self.pts, "rms_dbfs": self.rms_dbfs, "peak_dbfs": self.peak_dbfs}
 
     def __repr__(self) -> str:
-        return f"Levels(pts={self.pts:.3f}, rms={self.rms_dbfs:.1f} dBFS, peak={self.peak_dbfs:.1f} dBFS)"
+        return (
+            f"Levels(pts={self.pts:.3f}, rms={self.rms_dbfs:.1f} dBFS, "
+            f"peak={self.peak_dbfs:.1f} dBFS)"
+        )
 
 
 class LevelMeter(Node):
@@ -236,7 +256,7 @@ class ArraySource(Node):
         seconds: float = 1.0,
         tone_hz: float = 440.0,
         amplitude: float = 0.5,
-        format: str = "f32",  # noqa: A002
+        format: str = "f32",
         realtime: bool = False,
     ) -> None:
         self.sample_rate, self.channels, self.frame_ms = int(sample_rate), int(channels), frame_ms
@@ -263,7 +283,9 @@ class ArraySource(Node):
             ph = 2 * math.pi * self.tone_hz * (t + start / self.sample_rate)
             x = (self.amplitude * np.sin(ph)).astype(np.float32)
             x = np.repeat(x[:, None], self.channels, axis=1)
-            yield AudioChunk(convert_format(x, self.format), self.sample_rate, start / self.sample_rate)
+            yield AudioChunk(
+                convert_format(x, self.format), self.sample_rate, start / self.sample_rate
+            )
 
     async def generate(self) -> AsyncIterator[AudioChunk]:
         t0 = time.monotonic()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,14 @@ from ._dsp import Rechunker, convert_format
 __all__ = ["AudioFileSink", "AudioFileSource", "VideoFileSink", "VideoFileSource"]
 
 _AV_FORMATS = {"f32": "flt", "s16": "s16", "s32": "s32", "f64": "dbl", "u8": "u8"}
-_SINK_CODECS = {".wav": ("pcm_s16le", "s16"), ".flac": ("flac", "s16"), ".ogg": ("libvorbis", "fltp"),
-                ".mp3": ("libmp3lame", "fltp"), ".m4a": ("aac", "fltp"), ".opus": ("libopus", "s16")}
+_SINK_CODECS = {
+    ".wav": ("pcm_s16le", "s16"),
+    ".flac": ("flac", "s16"),
+    ".ogg": ("libvorbis", "fltp"),
+    ".mp3": ("libmp3lame", "fltp"),
+    ".m4a": ("aac", "fltp"),
+    ".opus": ("libopus", "s16"),
+}
 
 
 def _av() -> Any:
@@ -47,7 +53,7 @@ class AudioFileSource(Node):
         path: str,
         sample_rate: int | None = None,
         channels: int | None = None,
-        format: str = "f32",  # noqa: A002
+        format: str = "f32",
         frame_ms: float = 20,
         realtime: bool = False,
     ) -> None:
@@ -75,7 +81,10 @@ class AudioFileSource(Node):
         ms = self.frame_ms
         return {
             "out": Caps.of(
-                "audio", sample_rate=self.sample_rate, channels=self.channels, format=self.format,
+                "audio",
+                sample_rate=self.sample_rate,
+                channels=self.channels,
+                format=self.format,
                 frame_ms=int(ms) if float(ms).is_integer() else ms,
             )
         }
@@ -83,7 +92,13 @@ class AudioFileSource(Node):
     async def generate(self) -> AsyncIterator[AudioChunk]:
         av = _av()
         assert self._container is not None and self.sample_rate and self.channels
-        layout = "mono" if self.channels == 1 else "stereo" if self.channels == 2 else f"{self.channels}c"
+        layout = (
+            "mono"
+            if self.channels == 1
+            else "stereo"
+            if self.channels == 2
+            else f"{self.channels}c"
+        )
         resampler = av.AudioResampler(format="flt", layout=layout, rate=self.sample_rate)
         rate = int(self.sample_rate)
         chunker = Rechunker(round(self.frame_ms * rate / 1000))
@@ -175,7 +190,7 @@ class VideoFileSource(Node):
     inputs: dict[str, Port] = {}  # noqa: RUF012
     outputs = {"out": Port("video", behaviour="runtime")}  # noqa: RUF012
 
-    def __init__(self, *, path: str, format: str = "rgb24", realtime: bool = False) -> None:  # noqa: A002
+    def __init__(self, *, path: str, format: str = "rgb24", realtime: bool = False) -> None:
         self.path, self.format, self.realtime = str(path), format, realtime
         self._container: Any = None
         self._stream: Any = None
@@ -221,7 +236,9 @@ class VideoFileSink(Node):
     inputs = {"in": Port("video", behaviour="adaptive")}  # noqa: RUF012
     outputs: dict[str, Port] = {}  # noqa: RUF012
 
-    def __init__(self, *, path: str, fps: int = 30, codec: str = "mpeg4", bit_rate: int = 2_000_000) -> None:
+    def __init__(
+        self, *, path: str, fps: int = 30, codec: str = "mpeg4", bit_rate: int = 2_000_000
+    ) -> None:
         self.path, self.fps, self.codec, self.bit_rate = str(path), fps, codec, bit_rate
         self._container: Any = None
         self._stream: Any = None
@@ -252,8 +269,6 @@ class VideoFileSink(Node):
                 self._container.mux(packet)
             self._container.close()
             self._container = None
-
-
 
 
 for _cls in (AudioFileSource, AudioFileSink, VideoFileSource, VideoFileSink):

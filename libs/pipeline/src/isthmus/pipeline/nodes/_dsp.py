@@ -49,7 +49,9 @@ def convert_format(samples: np.ndarray[Any, Any], fmt: str) -> np.ndarray[Any, A
     if fmt in ("f32", "f64"):
         return x.astype(FORMAT_DTYPES[fmt], copy=False)
     scale = _FULL_SCALE[fmt]
-    y = np.clip(np.asarray(x, np.float64 if fmt == "s32" else np.float32) * scale, -scale, scale - 1)
+    y = np.clip(
+        np.asarray(x, np.float64 if fmt == "s32" else np.float32) * scale, -scale, scale - 1
+    )
     if fmt == "u8":
         y = y + 128.0
     return np.rint(y).astype(FORMAT_DTYPES[fmt])
@@ -72,14 +74,23 @@ def mix_channels(samples: np.ndarray[Any, Any], channels: int) -> np.ndarray[Any
         m[i, i * channels // n] = 1.0
     m /= np.maximum(m.sum(axis=0, keepdims=True), 1.0)
     out = samples.astype(np.float32) @ m
-    return out.astype(samples.dtype) if samples.dtype.kind == "f" else np.rint(out).astype(samples.dtype)
+    return (
+        out.astype(samples.dtype)
+        if samples.dtype.kind == "f"
+        else np.rint(out).astype(samples.dtype)
+    )
 
 
 class StreamResampler:
     """A stateful soxr resampler for one stream: chunk edges do not click."""
 
     def __init__(
-        self, in_rate: int, out_rate: int, channels: int, dtype: Any = np.float32, quality: str = "HQ"
+        self,
+        in_rate: int,
+        out_rate: int,
+        channels: int,
+        dtype: Any = np.float32,
+        quality: str = "HQ",
     ) -> None:
         import soxr
 
@@ -87,7 +98,9 @@ class StreamResampler:
         self.dtype = np.dtype(dtype)
         self.quality = quality
         self._soxr = soxr
-        self._stream = soxr.ResampleStream(in_rate, out_rate, channels, dtype=self.dtype.name, quality=quality)
+        self._stream = soxr.ResampleStream(
+            in_rate, out_rate, channels, dtype=self.dtype.name, quality=quality
+        )
 
     def process(self, samples: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """Resample one chunk ``(frames, channels)``; the output length varies by a frame."""
@@ -124,10 +137,16 @@ class Rechunker:
         self._fill = 0
         self._pts = 0.0
 
-    def push(self, samples: np.ndarray[Any, Any], pts: float, rate: int) -> list[tuple[np.ndarray[Any, Any], float]]:
+    def push(
+        self, samples: np.ndarray[Any, Any], pts: float, rate: int
+    ) -> list[tuple[np.ndarray[Any, Any], float]]:
         """Add a chunk; returns the complete chunks with their pts."""
         f = self.frames
-        if self._buf is None or self._buf.shape[1] != samples.shape[1] or self._buf.dtype != samples.dtype:
+        if (
+            self._buf is None
+            or self._buf.shape[1] != samples.shape[1]
+            or self._buf.dtype != samples.dtype
+        ):
             self._buf = np.empty((f, samples.shape[1]), samples.dtype)
             self._fill = 0
         out: list[tuple[np.ndarray[Any, Any], float]] = []
@@ -171,7 +190,10 @@ def level(samples: np.ndarray[Any, Any]) -> tuple[float, float]:
     flat = x.reshape(-1)
     rms = math.sqrt(float(np.dot(flat, flat)) / flat.size)
     peak = float(np.max(np.abs(flat)))
-    return (20 * math.log10(rms) if rms > 0 else -math.inf, 20 * math.log10(peak) if peak > 0 else -math.inf)
+    return (
+        20 * math.log10(rms) if rms > 0 else -math.inf,
+        20 * math.log10(peak) if peak > 0 else -math.inf,
+    )
 
 
 class WebRtcVad:
