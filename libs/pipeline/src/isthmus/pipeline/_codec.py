@@ -81,11 +81,11 @@ def encoded_size(item: Any, port: str = "") -> int:
     """Bytes :func:`encode_into` needs for ``item``."""
     k = _kind(item, port)
     if k == AUDIO:
-        return HEADER + item.samples.nbytes
+        return HEADER + int(item.samples.nbytes)
     if k == VIDEO:
-        return HEADER + item.data.nbytes
+        return HEADER + int(item.data.nbytes)
     if k == ARRAY:
-        return HEADER + item.nbytes
+        return HEADER + int(item.nbytes)
     if k == BYTES:
         return HEADER + memoryview(item).nbytes
     return HEADER + len(pickle.dumps((port, item), protocol=5))
@@ -111,7 +111,7 @@ def encode_into(buf: memoryview, item: Any, port: str = "", *, pickled: bytes | 
         _AUDIO.pack_into(buf, 24, s.shape[1], _FORMAT_CODE[item.format])
         dst = np.frombuffer(buf, s.dtype, s.size, HEADER).reshape(s.shape)
         np.copyto(dst, s)
-        return HEADER + s.nbytes
+        return HEADER + int(s.nbytes)
     if k == VIDEO:
         d = item.data
         h, w = d.shape[:2]
@@ -119,13 +119,13 @@ def encode_into(buf: memoryview, item: Any, port: str = "", *, pickled: bytes | 
         _header(buf, VIDEO, port, flags=d.dtype.itemsize, pts=item.pts)
         _VIDEO.pack_into(buf, 24, h, w, c, item.format.encode())
         np.copyto(np.frombuffer(buf, d.dtype, d.size, HEADER).reshape(d.shape), d)
-        return HEADER + d.nbytes
+        return HEADER + int(d.nbytes)
     if k == ARRAY:
         dims = list(item.shape) + [0] * (3 - item.ndim)
         _header(buf, ARRAY, port)
         _ARRAY.pack_into(buf, 24, item.dtype.str.encode(), item.ndim, *dims)
         np.copyto(np.frombuffer(buf, item.dtype, item.size, HEADER).reshape(item.shape), item)
-        return HEADER + item.nbytes
+        return HEADER + int(item.nbytes)
     if k == BYTES:
         m = memoryview(item).cast("B")
         _header(buf, BYTES, port, b=m.nbytes)

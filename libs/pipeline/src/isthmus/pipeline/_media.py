@@ -67,12 +67,12 @@ class AudioChunk:
     @property
     def duration(self) -> float:
         """Length in seconds."""
-        return self.samples.shape[0] / self.sample_rate
+        return int(self.samples.shape[0]) / self.sample_rate
 
     @property
     def frame_ms(self) -> float:
         """Length in milliseconds (what ``frame_ms`` in caps constrains)."""
-        return self.samples.shape[0] * 1000.0 / self.sample_rate
+        return int(self.samples.shape[0]) * 1000.0 / self.sample_rate
 
     def caps(self) -> Caps:
         """The fixed caps this chunk satisfies."""

@@ -329,12 +329,9 @@ def renegotiate(
     No converter is inserted into a running pipeline: a format that cannot flow raises
     :class:`NegotiationError`.
     """
-    found = {k: dict(v) for k, v in previous.discovered.items()}
+    found: dict[str, dict[str, Any]] = {k: dict(v) for k, v in previous.discovered.items()}
+    # The announced caps are what the port gives from now on, whatever its behaviour.
     found.setdefault(node_id, {})[port] = _as_caps(caps)
-    spec = pipeline.nodes[node_id]
-    if spec.outputs[port].behaviour != "runtime":
-        # Treat the announced caps as what the port now gives.
-        found[node_id][port] = _as_caps(caps)
     result = _negotiate_with_override(pipeline, found, previous)
     return result
 

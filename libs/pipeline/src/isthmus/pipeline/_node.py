@@ -237,7 +237,7 @@ class NodeType:
         self.is_class = is_class
         self.doc = doc
         self.ref = f"{factory.__module__}:{factory.__qualname__}"
-        target = factory.__init__ if is_class else factory  # type: ignore[misc]
+        target = factory.__init__ if is_class else factory
         sig = inspect.signature(target)
         kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
         params = [p for p in sig.parameters.values() if p.kind in kinds]

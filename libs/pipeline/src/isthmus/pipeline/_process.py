@@ -334,7 +334,7 @@ class ProcessWorker:
             self.heartbeat,
             self._current.name,
         )
-        self._proc = ctx.Process(
+        self._proc = ctx.Process(  # type: ignore[attr-defined]
             target=_child_main, args=(cfg,), name=f"isthmus-node-{self.name}", daemon=True
         )
         self._ready = self._loop.create_future()

@@ -1,4 +1,4 @@
-"""Pipeline graphs as Graphviz DOT, and rendered to PNG/SVG by the ``dot`` program."""
+"""Pipeline graphs as Graphviz DOT, and rendered to PNG/SVG/PDF by Graphviz's ``dot`` program."""
 
 from __future__ import annotations
 
@@ -14,7 +14,16 @@ if TYPE_CHECKING:
     from ._graph import Pipeline
     from ._negotiate import Negotiated
 
-__all__ = ["render", "to_dot"]
+__all__ = ["FORMATS", "render", "to_dot"]
+
+#: What :func:`render` writes: ``dot``/``gv`` as text, the others through Graphviz.
+FORMATS = ("png", "svg", "pdf", "dot", "gv")
+
+_INSTALL = (
+    "rendering needs Graphviz's `dot` program: install it (Debian/Ubuntu: "
+    "`apt-get install graphviz`; Fedora: `dnf install graphviz`; macOS: `brew install "
+    "graphviz`), or write DOT text instead (`isthmus-pipeline graph manifest.yaml -o graph.dot`)"
+)
 
 
 def _q(s: str) -> str:
@@ -22,7 +31,13 @@ def _q(s: str) -> str:
 
 
 def to_dot(p: Pipeline, negotiated: Negotiated | None = None) -> str:
-    """DOT text: nodes labelled with id, type and executor; edges with ports and caps."""
+    """DOT text of the graph.
+
+    Nodes are labelled with their id, type and (when not the default) executor; ``input`` and
+    ``output`` nodes are ellipses and converters inserted by negotiation are dashed.  Edges are
+    labelled with their ports where a node has several (or they are not ``out``/``in``) and,
+    given ``negotiated``, with the caps that flow on them.
+    """
     lines = [
         f"digraph {_q(p.name)} {{",
         "  rankdir=LR;",
@@ -41,6 +56,7 @@ def to_dot(p: Pipeline, negotiated: Negotiated | None = None) -> str:
             attrs.append('fillcolor="#e3f6e3", style="rounded,filled,dashed"')
         lines.append(f"  {_q(nid)} [{', '.join(attrs)}];")
     edges = dict(negotiated.edges) if negotiated else {}
+    deferred = set(negotiated.deferred) if negotiated else set()
     for c in p.connections:
         parts = []
         if len(p.nodes[c.src].outputs) > 1 or c.src_port != "out":
@@ -50,8 +66,15 @@ def to_dot(p: Pipeline, negotiated: Negotiated | None = None) -> str:
         caps = edges.get(c)
         if caps is not None:
             parts.append(str(caps).replace(", ", ",\n  "))
-        label = f" [label={_q(chr(10).join(parts))}]" if parts else ""
-        lines.append(f"  {_q(c.src)} -> {_q(c.dst)}{label};")
+        elif c in deferred:
+            parts.append("(caps known at run time)")
+        attrs = []
+        if parts:
+            attrs.append(f"label={_q(chr(10).join(parts))}")
+        if c.options.get("overflow", "block") != "block":
+            attrs.append("style=dashed")
+        suffix = f" [{', '.join(attrs)}]" if attrs else ""
+        lines.append(f"  {_q(c.src)} -> {_q(c.dst)}{suffix};")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -59,27 +82,35 @@ def to_dot(p: Pipeline, negotiated: Negotiated | None = None) -> str:
 def render(
     p: Pipeline,
     path: str | os.PathLike[str],
-    format: str | None = None,
+    format: str | None = None,  # noqa: A002 - the name users expect
     negotiated: Negotiated | None = None,
 ) -> Path:
-    """Write the graph to ``path`` as PNG or SVG (from the suffix), or DOT for ``.dot``."""
+    """Write the graph to ``path``: PNG, SVG or PDF through Graphviz, or DOT text.
+
+    ``format`` defaults to the file's suffix (PNG without one).  Raises
+    :class:`PipelineError` saying how to install Graphviz when ``dot`` is not on the PATH.
+    """
     out = Path(path)
-    fmt = format or out.suffix.lstrip(".").lower() or "png"
+    fmt = (format or out.suffix.lstrip(".") or "png").lower()
+    if fmt not in FORMATS:
+        raise PipelineError(f"cannot render {fmt!r}: one of {', '.join(FORMATS)}")
     text = to_dot(p, negotiated)
     if fmt in ("dot", "gv"):
         out.write_text(text, encoding="utf-8")
         return out
-    if fmt not in ("png", "svg", "pdf"):
-        raise PipelineError(f"cannot render {fmt!r}: png, svg, pdf or dot")
     dot = shutil.which("dot")
     if dot is None:
-        raise PipelineError(
-            "rendering needs Graphviz's `dot` program (Debian/Ubuntu: apt-get install graphviz; "
-            "macOS: brew install graphviz); `graph -o graph.dot` writes DOT without it"
+        raise PipelineError(_INSTALL)
+    try:
+        proc = subprocess.run(
+            [dot, f"-T{fmt}", "-o", str(out)],
+            input=text.encode(),
+            capture_output=True,
+            check=False,
+            timeout=120,
         )
-    proc = subprocess.run(
-        [dot, f"-T{fmt}", "-o", str(out)], input=text.encode(), capture_output=True, check=False
-    )
+    except subprocess.TimeoutExpired:
+        raise PipelineError("Graphviz's dot did not finish in 120 s") from None
     if proc.returncode != 0:
         raise PipelineError(f"dot failed: {proc.stderr.decode(errors='replace').strip()}")
     return out

@@ -694,7 +694,7 @@ class _Source(_Runner):
         try:
             gen = self.node.generate()
             if hasattr(gen, "__aiter__"):
-                async for x in gen:  # type: ignore[union-attr]
+                async for x in gen:
                     if self.session._fatal_error is not None:
                         return
                     self.route(self.default_out, x, pend)
@@ -703,7 +703,7 @@ class _Source(_Runner):
                         await e.put(it)
                     pend.clear()
             else:
-                for i, x in enumerate(gen):  # type: ignore[union-attr]
+                for i, x in enumerate(gen):
                     if self.session._fatal_error is not None:
                         return
                     self.route(self.default_out, x, pend)
@@ -978,9 +978,10 @@ class Session:
             if self._done.is_set():
                 return
             self._out_waiter = loop.create_future()
-            done = loop.create_task(self._done.wait())
+            done: asyncio.Future[Any] = loop.create_task(self._done.wait())
             try:
-                await asyncio.wait({self._out_waiter, done}, return_when=asyncio.FIRST_COMPLETED)
+                waiters: set[asyncio.Future[Any]] = {self._out_waiter, done}
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 done.cancel()
                 self._out_waiter = None

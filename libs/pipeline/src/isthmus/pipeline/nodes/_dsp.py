@@ -49,12 +49,12 @@ def convert_format(samples: np.ndarray[Any, Any], fmt: str) -> np.ndarray[Any, A
     if fmt in ("f32", "f64"):
         return x.astype(FORMAT_DTYPES[fmt], copy=False)
     scale = _FULL_SCALE[fmt]
-    y = np.clip(
-        np.asarray(x, np.float64 if fmt == "s32" else np.float32) * scale, -scale, scale - 1
-    )
+    wide: np.ndarray[Any, Any] = np.asarray(x, np.float64 if fmt == "s32" else np.float32)
+    y: np.ndarray[Any, Any] = np.clip(wide * scale, -scale, scale - 1)
     if fmt == "u8":
         y = y + 128.0
-    return np.rint(y).astype(FORMAT_DTYPES[fmt])
+    out: np.ndarray[Any, Any] = np.rint(y).astype(FORMAT_DTYPES[fmt])
+    return out
 
 
 def mix_channels(samples: np.ndarray[Any, Any], channels: int) -> np.ndarray[Any, Any]:
@@ -65,7 +65,8 @@ def mix_channels(samples: np.ndarray[Any, Any], channels: int) -> np.ndarray[Any
     if channels < 1:
         raise ValueError("channels must be at least 1")
     if channels == 1:
-        return samples.mean(axis=1, keepdims=True, dtype=np.float64).astype(samples.dtype)
+        mono: np.ndarray[Any, Any] = samples.mean(axis=1, keepdims=True, dtype=np.float64)
+        return mono.astype(samples.dtype)
     if n == 1:
         return np.repeat(samples, channels, axis=1)
     # General N -> M: each output channel averages the input channels mapped onto it.
