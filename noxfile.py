@@ -9,6 +9,7 @@ On demand::
     nox -s bench -- buffer       # python bench/run.py buffer
     nox -s fuzz                  # a million random and mutated inputs into isthmus-wire
     nox -s ucx                   # isthmus-transport's UCX backend, with ucxx-cu12 installed
+    nox -s ray                   # isthmus-pipeline's Ray executor against a local Ray
     nox -s demo                  # python examples/showcase/showcase.py
 
 The native core (``native/buffer-accel``) is compiled once into ``.nox/_wheels`` and that
@@ -349,6 +350,25 @@ def ucx(session: nox.Session) -> None:
         "ucx",
         *session.posargs,
         env={"ISTHMUS_REQUIRE_UCX": "1"},
+    )
+
+
+@nox.session(default=False)
+def ray(session: nox.Session) -> None:
+    """isthmus-pipeline's Ray executor against a local Ray: `pytest test_ray.py`.
+
+    ISTHMUS_REQUIRE_RAY=1 turns the tests' skip-without-ray into a failure."""
+    session.install(
+        "-e",
+        f"./{_rel(LIBS_DIR / 'buffer')}",
+        "-e",
+        f"./{_rel(LIBS_DIR / 'pipeline')}[ray,test]",
+    )
+    session.run(
+        "pytest",
+        _rel(LIBS_DIR / "pipeline" / "tests" / "test_ray.py"),
+        *session.posargs,
+        env={"ISTHMUS_REQUIRE_RAY": "1"},
     )
 
 
