@@ -18,6 +18,7 @@ TOURS: dict[str, str] = {
     "transport": ".transport",
     "frames": ".frames",
     "chat": ".chat",
+    "pipeline": ".pipeline",
 }
 
 
