@@ -221,12 +221,13 @@ class _Builder:
         node: str | None = None,
         port: str | None = None,
         line: int | None = None,
+        broken: bool = True,
     ) -> None:
         err = ManifestError(msg, node=node, port=port, line=line, source=self.source)
         if self.errors is None:
             raise err
         self.errors.append(err)
-        if node is not None:
+        if node is not None and broken:
             self.failed.add(node)
 
     def build(self, data: Any) -> Pipeline:
@@ -311,7 +312,10 @@ class _Builder:
         if nid in p.nodes or nid in self.failed:
             first = p.nodes[nid].line if nid in p.nodes else None
             where = f" (first declared on line {first})" if first is not None else ""
-            self.problem(f"duplicate node id {nid!r}{where}", node=nid, line=_line(n, "id"))
+            # The first declaration stands: its connections and inputs are still checked.
+            self.problem(
+                f"duplicate node id {nid!r}{where}", node=nid, line=_line(n, "id"), broken=False
+            )
             return
         ntype = n.get("node_type")
         if not isinstance(ntype, str) or not ntype:
@@ -565,7 +569,9 @@ def _check(src: Any, auto_convert: bool | None = None) -> _Result:
         return _Result(Pipeline(), [e])
     b = _Builder(source, collect=True)
     p = b.build(data)
-    result = _Result(p, list(b.errors or []))
+    # In file order (whole-graph checks run last but point at their nodes' lines).
+    found: list[ManifestError] = sorted(b.errors or [], key=lambda e: e.line or 0)
+    result = _Result(p, list(found))
     if result.errors or not p.nodes:
         return result
     convert = p.negotiation.get("auto_convert", False) if auto_convert is None else auto_convert

@@ -193,7 +193,8 @@ class RayWorker:
         ok, payload = result
         if not ok:
             raise ProcessNodeError(
-                f"node {self.name!r} (a Ray actor) failed on an input from port {port!r}: {payload}",
+                f"node {self.name!r} (a Ray actor) failed on an input from port {port!r}: "
+                f"{payload}",
                 node=self.name,
                 port=port,
                 item=item,

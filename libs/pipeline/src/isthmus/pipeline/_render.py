@@ -82,7 +82,7 @@ def to_dot(p: Pipeline, negotiated: Negotiated | None = None) -> str:
 def render(
     p: Pipeline,
     path: str | os.PathLike[str],
-    format: str | None = None,  # noqa: A002 - the name users expect
+    format: str | None = None,
     negotiated: Negotiated | None = None,
 ) -> Path:
     """Write the graph to ``path``: PNG, SVG or PDF through Graphviz, or DOT text.

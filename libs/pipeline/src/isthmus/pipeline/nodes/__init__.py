@@ -12,9 +12,11 @@
 ``array_source``        a generated tone, for tests and benchmarks
 ``audio_file_source``   decode a file with PyAV (``av`` extra); ``audio_file_sink``
 ``video_file_source``   decode video frames; ``video_file_sink``
+``iceoryx_source``      items from an iceoryx2 service (``iceoryx2`` extra); ``iceoryx_sink``
 ======================  =============================================================
 """
 
+from .._iceoryx import IceoryxSink, IceoryxSource
 from ._audio import ArraySource, ChannelMix, LevelMeter, Levels, Rechunk, Resample, SampleFormat
 from ._av import AudioFileSink, AudioFileSource, VideoFileSink, VideoFileSource
 from ._dsp import (
@@ -35,6 +37,8 @@ __all__ = [
     "AudioFileSink",
     "AudioFileSource",
     "ChannelMix",
+    "IceoryxSink",
+    "IceoryxSource",
     "LevelMeter",
     "Levels",
     "Merge",
