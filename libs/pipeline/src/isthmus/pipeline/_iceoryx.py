@@ -232,12 +232,11 @@ class IceoryxSource(Node):
         assert sub is not None
         while True:
             got = await asyncio.to_thread(sub.receive, self.idle_timeout)
-            if got is None:
+            if got is None or isinstance(got[1], EndOfStream):
+                # Leave the service now: a publisher may wait for its last reader to go.
+                self.close()
                 return
-            _, item = got
-            if isinstance(item, EndOfStream):
-                return
-            yield item
+            yield got[1]
 
     def close(self) -> None:
         sub = self._sub
