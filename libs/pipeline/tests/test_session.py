@@ -484,3 +484,49 @@ async def test_audio_chunks_flow_without_copies_through_direct_nodes() -> None:
     chunk = AudioChunk(np.ones((320, 1), np.float32), 16000)
     got = await asyncio.to_thread(run, p, {"in": [chunk]}, negotiate=False)
     assert got["out"][0] is chunk and float(chunk.samples[0, 0]) == 0.5
+
+
+class RateSwitcher(Node):
+    """A source that changes its sample rate mid-stream and says so with CapsChanged."""
+
+    node_type = "t_rate_switch"
+    inputs: dict[str, Port] = {}
+    outputs = {"out": Port("audio(sample_rate=48000, channels=1, format=f32, frame_ms=20)")}
+
+    def generate(self) -> Any:
+        from isthmus.pipeline import Caps, CapsChanged
+
+        for k in range(5):
+            yield AudioChunk(np.zeros((960, 1), np.float32), 48000, k * 0.02)
+        yield CapsChanged(
+            Caps.parse("audio(sample_rate=44100, channels=1, format=f32, frame_ms=20)"), "out"
+        )
+        for k in range(5, 10):
+            yield AudioChunk(np.zeros((882, 1), np.float32), 44100, k * 0.02)
+
+
+async def test_renegotiation_when_a_source_changes_format_mid_stream() -> None:
+    p = Pipeline()
+    p.add("src", RateSwitcher)
+    p.add("rs", "resample", sample_rate=16000)
+    p.add("vad", "webrtcvad")
+    p.add("out", "output")
+    p.chain("src", "rs", "vad")
+    p.connect("vad.out", "out")
+    got: list[AudioChunk] = []
+    async with Session(p, on_output=lambda _n, x: got.append(x)) as s:
+        assert s.negotiated.caps("src").get("sample_rate") == 48000
+        await s.wait()
+        assert s.negotiated.caps("src").get("sample_rate") == 44100
+        assert s.negotiated.caps("rs").get("sample_rate") == 16000
+    assert got and all(c.sample_rate == 16000 and c.frames == 320 for c in got)
+    assert s.errors == []
+
+
+async def test_health_reports_every_node() -> None:
+    p = chain((fail_on, {"bad": 1}))
+    p.nodes["n0"].options["on_error"] = "skip"
+    async with Session(p, negotiate=False) as s:
+        await s.push("in", 1)
+        h = s.health()
+    assert h["n0"]["errors"] == 1 and h["n0"]["kind"] == "direct" and h["n0"]["alive"]

@@ -39,7 +39,9 @@ from ._node import (
     register,
     resolve,
 )
+from ._process import ProcessWorker
 from ._reliability import CircuitBreaker, RetryPolicy
+from ._render import render, to_dot
 from ._session import ON_ERROR, Session, run
 from ._version import __version__
 
@@ -81,6 +83,7 @@ __all__ = [
     "PipelineError",
     "Port",
     "ProcessNodeError",
+    "ProcessWorker",
     "QueueFullError",
     "RetryPolicy",
     "Session",
@@ -96,9 +99,11 @@ __all__ = [
     "node",
     "node_types",
     "register",
+    "render",
     "renegotiate",
     "resolve",
     "run",
+    "to_dot",
     "to_manifest",
     "validate_manifest",
 ]

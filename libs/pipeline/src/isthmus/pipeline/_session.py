@@ -165,10 +165,25 @@ class _Runner:
             except Exception as exc:
                 self.fail(exc, msg, port)
         if isinstance(msg, CapsChanged):
-            self.session._caps_changed(self, msg)
+            self.caps_forward(port, msg, pend)
+            return
         self.forward(msg, pend)
         if isinstance(msg, EndOfStream):
             self.finish()
+
+    def caps_forward(self, port: str, msg: CapsChanged, pend: Pending) -> None:
+        """Renegotiate for new caps on input ``port``; announce the outputs whose caps changed
+        (a resampler's fixed output rate absorbs a new input rate: nothing goes further)."""
+        try:
+            changed = self.session._caps_changed(self, port, msg)
+        except PipelineError as exc:
+            err = self.fail(exc, msg, port)
+            if self.on_error == "stop":
+                self.session._fatal(err)
+            return
+        for out_port, caps in changed.items():
+            for e in self.out.get(out_port, ()):
+                e.dst.offer(e, CapsChanged(caps, out_port), pend)
 
     def forward(self, msg: Control, pend: Pending) -> None:
         for edges in self.out.values():
@@ -571,6 +586,9 @@ class _Thread(_Queued):
                 self.route_result(r, pend)
             except Exception as exc:
                 self.fail(exc, msg, port)
+        if isinstance(msg, CapsChanged):
+            self.caps_forward(port, msg, pend)
+            return
         self.forward(msg, pend)
         if isinstance(msg, EndOfStream):
             self.finish()
@@ -592,6 +610,7 @@ class _Remote(_Queued):
         self.restarts = int(spec.options.get("restarts", 3))
         self.inflight: deque[tuple[str, Any]] = deque()
         self.eos_sent = False
+        self.caps_ports: deque[str] = deque()
 
     def start(self) -> None:
         super().start()
@@ -617,6 +636,8 @@ class _Remote(_Queued):
             self.ended.add(port)
             if not self.in_ports <= self.ended:
                 return
+        if isinstance(msg, CapsChanged):
+            self.caps_ports.append(port)
         await self.worker.control(msg)
         # The child answers a control with its outputs, then the control itself (see read()).
 
@@ -644,8 +665,11 @@ class _Remote(_Queued):
             pend: Pending = []
             if isinstance(item, Control):
                 if isinstance(item, CapsChanged):
-                    self.session._caps_changed(self, item)
-                self.forward(item, pend)
+                    # Announced after the outputs the child made before it.
+                    port_ = self.caps_ports.popleft() if self.caps_ports else ""
+                    self.caps_forward(port_, item, pend)
+                else:
+                    self.forward(item, pend)
                 if isinstance(item, EndOfStream):
                     self.finish()
             else:
@@ -999,6 +1023,26 @@ class Session:
                 await self.end(nid)
         await self.wait()
 
+    def health(self) -> dict[str, dict[str, Any]]:
+        """Per node: ``alive``, ``errors``, ``restarts``, ``isolated``, ``done``, and for process
+        and Ray nodes the worker's own report (pid, inputs in flight, heartbeat age)."""
+        out: dict[str, dict[str, Any]] = {}
+        for nid, r in self.runners.items():
+            m = r.metrics
+            h: dict[str, Any] = {
+                "kind": r.kind,
+                "alive": True,
+                "done": r.done,
+                "isolated": r.isolated,
+                "errors": m.errors,
+                "restarts": m.restarts,
+            }
+            if isinstance(r, _Remote):
+                report = getattr(r.worker, "health", None)
+                h.update(report() if callable(report) else {"alive": r.worker.alive})
+            out[nid] = h
+        return out
+
     def interrupt(self, reason: str = "") -> int:
         """Barge-in: flush queued data everywhere (system messages stay), reset nodes."""
         flushed = 0
@@ -1063,14 +1107,28 @@ class Session:
             if w is not None and not w.done():
                 w.set_result(None)
 
-    def _caps_changed(self, runner: _Runner, msg: CapsChanged) -> None:
-        """A node announced new caps mid-stream: renegotiate from there."""
-        if not self.negotiate or self.negotiated is None or msg.caps is None:
-            return
+    def _caps_changed(self, runner: _Runner, port: str, msg: CapsChanged) -> dict[str, Any]:
+        """New caps arrived on ``runner``'s input ``port``: renegotiate the pipeline from the
+        node feeding it and return ``runner``'s outputs whose caps changed."""
+        if msg.caps is None:
+            return {}
+        if not self.negotiate or self.negotiated is None:
+            return dict.fromkeys(runner.out, msg.caps)  # no negotiation: pass the news on
         from ._negotiate import renegotiate
 
-        port = msg.port or next(iter(runner.out), "out")
-        self.negotiated = renegotiate(self.pipeline, self.negotiated, runner.id, port, msg.caps)
+        feeding = [c for c in self.pipeline.incoming(runner.id) if c.dst_port == port]
+        if not feeding:
+            return {}
+        src = feeding[0]
+        before = self.negotiated
+        after = renegotiate(self.pipeline, before, src.src, src.src_port, msg.caps)
+        self.negotiated = after
+        changed: dict[str, Any] = {}
+        for c in self.pipeline.outgoing(runner.id):
+            new = after.edges.get(c)
+            if new is not None and new != before.edges.get(c):
+                changed[c.src_port] = new
+        return changed
 
 
 async def _maybe_await(x: Any) -> Any:
