@@ -26,10 +26,10 @@ from isthmus.pipeline import (
 )
 from isthmus.pipeline._process import ProcessWorker
 
-pytestmark = pytest.mark.asyncio
 TESTS = str(Path(__file__).parent)
 
 
+@pytest.mark.asyncio
 async def test_audio_round_trips_through_a_child_and_arrives_as_a_view() -> None:
     w = ProcessWorker("_pnodes:gain", {"factor": 3.0}, name="gain", copy_outputs=False)
     await w.start()
@@ -47,6 +47,7 @@ async def test_audio_round_trips_through_a_child_and_arrives_as_a_view() -> None
     assert not w.alive
 
 
+@pytest.mark.asyncio
 async def test_sync_async_generator_forms_and_controls_in_the_child() -> None:
     for ref, params, sent, expected in [
         ("_pnodes:async_add", {"n": 5}, [1, 2], [6, 7]),
@@ -73,6 +74,7 @@ async def test_sync_async_generator_forms_and_controls_in_the_child() -> None:
         await w.close()
 
 
+@pytest.mark.asyncio
 async def test_a_node_error_names_the_input_and_the_child_goes_on() -> None:
     w = ProcessWorker("_pnodes:fail_on", {"bad": 2}, name="picky")
     await w.start()
@@ -90,6 +92,7 @@ async def test_a_node_error_names_the_input_and_the_child_goes_on() -> None:
         await w.close()
 
 
+@pytest.mark.asyncio
 async def test_a_crash_is_reported_with_its_input_and_restart_works() -> None:
     w = ProcessWorker("_pnodes:crash_on", {"bad": 1}, name="fragile")
     await w.start()
@@ -107,6 +110,7 @@ async def test_a_crash_is_reported_with_its_input_and_restart_works() -> None:
         await w.close()
 
 
+@pytest.mark.asyncio
 async def test_start_failure_is_a_typed_error_with_the_child_traceback() -> None:
     w = ProcessWorker("_pnodes:FailsToStart", {})
     with pytest.raises(ProcessNodeError, match="no model file"):
@@ -114,6 +118,7 @@ async def test_start_failure_is_a_typed_error_with_the_child_traceback() -> None
     assert not w.alive
 
 
+@pytest.mark.asyncio
 async def test_credits_backpressure_a_fast_producer_and_nothing_is_lost() -> None:
     w = ProcessWorker("_pnodes:slow", {"seconds": 0.01}, credits=2)
     await w.start()
@@ -129,6 +134,7 @@ async def test_credits_backpressure_a_fast_producer_and_nothing_is_lost() -> Non
         await w.close()
 
 
+@pytest.mark.asyncio
 async def test_cancelling_a_waiting_send_leaves_nothing_behind() -> None:
     w = ProcessWorker("_pnodes:slow", {"seconds": 0.2}, credits=1)
     await w.start()
@@ -144,6 +150,7 @@ async def test_cancelling_a_waiting_send_leaves_nothing_behind() -> None:
         await w.close()
 
 
+@pytest.mark.asyncio
 async def test_a_6mb_frame_is_written_in_place() -> None:
     w = ProcessWorker("_pnodes:checksum", {}, ring_bytes=32 << 20)
     await w.start()
@@ -163,6 +170,7 @@ async def test_a_6mb_frame_is_written_in_place() -> None:
         await w.close()
 
 
+@pytest.mark.asyncio
 async def test_a_process_node_in_a_session_with_restart_and_health() -> None:
     p = Pipeline()
     p.add("in", "input")

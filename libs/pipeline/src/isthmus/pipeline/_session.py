@@ -611,6 +611,8 @@ class _Remote(_Queued):
         self.inflight: deque[tuple[str, Any]] = deque()
         self.eos_sent = False
         self.caps_ports: deque[str] = deque()
+        self.ready = asyncio.Event()  # cleared while the worker is being restarted
+        self.ready.set()
 
     def start(self) -> None:
         super().start()
@@ -629,7 +631,24 @@ class _Remote(_Queued):
             )
             return
         self.metrics.items_in += 1
-        await self.worker.send(port, item)
+        try:
+            await self.worker.send(port, item)
+        except ProcessNodeError as exc:
+            # The child is gone (the reader restarts it): this input is reported, not lost.
+            err = NodeError(
+                f"node {self.id!r}: input from port {port!r} not delivered: {exc}",
+                node=self.id,
+                port=port,
+                item=item,
+            )
+            self.fail(err, item, port)
+            if self.on_error == "stop":
+                self.session._fatal(err)
+            await self.back()
+
+    async def back(self) -> None:
+        """Wait until the worker runs again (restarted by the reader) or the session failed."""
+        await self.ready.wait()
 
     async def handle_control(self, port: str, msg: Control, pend: Pending) -> None:
         if isinstance(msg, EndOfStream):
@@ -638,8 +657,18 @@ class _Remote(_Queued):
                 return
         if isinstance(msg, CapsChanged):
             self.caps_ports.append(port)
-        await self.worker.control(msg)
-        # The child answers a control with its outputs, then the control itself (see read()).
+        for _ in range(2):
+            try:
+                await self.worker.control(msg)
+                return  # the child answers with its outputs, then the control (see read())
+            except ProcessNodeError:
+                await self.back()
+        # The node cannot take it: pass system messages on so the session can finish.
+        if isinstance(msg, CapsChanged):
+            self.caps_ports.pop()
+        self.forward(msg, pend)
+        if isinstance(msg, EndOfStream):
+            self.finish()
 
     async def read(self) -> None:
         while True:
@@ -648,12 +677,20 @@ class _Remote(_Queued):
             except ProcessNodeError as exc:
                 err = self.fail(exc, exc.item, exc.port or "")
                 if not self.worker.alive:
+                    self.ready.clear()
                     if self.metrics.restarts >= self.restarts:
                         self.session._fatal(err)
+                        self.ready.set()  # nothing more will come: let the pump go on
                         return
                     self.metrics.restarts += 1
                     log.warning("restarting process node %r: %s", self.id, exc)
-                    await self.worker.restart()
+                    try:
+                        await self.worker.restart()
+                    except ProcessNodeError as again:
+                        self.session._fatal(self.fail(again, None, ""))
+                        return
+                    finally:
+                        self.ready.set()
                 elif self.on_error == "stop":
                     self.session._fatal(err)
                 continue
