@@ -185,9 +185,18 @@ async def test_a_process_node_in_a_session_with_restart_and_health() -> None:
     p.chain("in", "crashy", "out")
     async with Session(p, negotiate=False) as s:
         reader = asyncio.create_task(_collect(s))
-        for i in range(6):
+        for i in range(4):
             await s.push("in", i)
-            await asyncio.sleep(0.05 if i == 3 else 0)
+        # 3 kills the child: wait for the restart before sending more (inputs sent while it is
+        # down are reported as not delivered, which is another test).
+        for _ in range(500):
+            h = s.health()["crashy"]
+            if h["restarts"] == 1 and h["alive"]:
+                break
+            await asyncio.sleep(0.01)
+        assert s.health()["crashy"]["restarts"] == 1
+        for i in (4, 5):
+            await s.push("in", i)
         await s.end("in")
         got = await reader
     assert 3 not in got and {0, 1, 2, 4, 5} <= set(got)

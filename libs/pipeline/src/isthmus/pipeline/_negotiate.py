@@ -116,7 +116,16 @@ class _Pass:
             elif decl.behaviour in _FOLLOWING and first_in is not None:
                 m = first_in.intersect(declared)
                 out[port] = m if m is not None else declared
-            elif decl.behaviour == "configured" and first_in is not None:
+            elif first_in is not None and (
+                decl.behaviour == "configured"
+                or (
+                    decl.behaviour == "static"
+                    and len(inputs) == 1
+                    and _first(declared).media == _first(first_in).media != "any"
+                )
+            ):
+                # A static declaration on a one-input node of the same media
+                # (``audio(format=f32)``) fixes the fields it names; the rest follow the input.
                 # Fields the declaration fixes come from it; the rest follow the input.
                 base = _first(first_in)
                 d = _first(declared)

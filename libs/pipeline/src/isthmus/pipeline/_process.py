@@ -36,6 +36,7 @@ import numpy as np
 
 from isthmus.buffer import (
     BufferInUseError,
+    IsthmusBufferError,
     PeerDiedError,
     Ring,
     RingClosedError,
@@ -561,10 +562,15 @@ class ProcessWorker:
                 node=self.name,
             )
         try:
-            return ring.loan(n, timeout=0)
-        except WaitTimeoutError:
-            await asyncio.to_thread(ring.wait_writable, n)
-            return ring.loan(n, timeout=0)
+            try:
+                return ring.loan(n, timeout=0)
+            except WaitTimeoutError:
+                await asyncio.to_thread(ring.wait_writable, n)
+                return ring.loan(n, timeout=0)
+        except IsthmusBufferError as e:  # the child died or the ring closed meanwhile
+            raise self._dead or ProcessNodeError(
+                f"process node {self.name!r} is gone: {e}", node=self.name
+            ) from e
 
     async def send(self, port: str, item: Any) -> None:
         """Write ``item`` for the node's input ``port`` into the ring (waits for a credit)."""
@@ -585,8 +591,7 @@ class ProcessWorker:
             codec.set_seq(mv, seq)
         self._free -= 1
         self._inflight[seq] = (port, item)
-        assert self._in is not None
-        self._in.commit(used)
+        self._commit(used)
 
     async def send_inplace(
         self,
@@ -635,8 +640,7 @@ class ProcessWorker:
                 del view
         self._free -= 1
         self._inflight[seq] = (port, None)
-        assert self._in is not None
-        self._in.commit(codec.HEADER + size)
+        self._commit(codec.HEADER + size)
 
     async def control(self, msg: Control) -> None:
         """Send a control message; the child answers with its outputs, then ``msg`` itself
@@ -647,7 +651,18 @@ class ProcessWorker:
         buf = await self._loan(n)
         with memoryview(buf) as mv:
             used = codec.encode_message(mv, codec.CONTROL, msg)
-        self._in.commit(used)
+        self._commit(used)
+
+    def _commit(self, nbytes: int) -> None:
+        ring = self._in
+        try:
+            if ring is None:
+                raise RingClosedError("the ring is closed")
+            ring.commit(nbytes)
+        except IsthmusBufferError as e:
+            raise self._dead or ProcessNodeError(
+                f"process node {self.name!r} is gone: {e}", node=self.name
+            ) from e
 
     # --- receiving -----------------------------------------------------------------------
     async def recv(self) -> tuple[str, Any]:

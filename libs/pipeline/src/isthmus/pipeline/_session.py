@@ -467,6 +467,8 @@ class _Queued(_Runner):
                     t_ = asyncio.current_task()
                     if t_ is not None:
                         t_.uncancel()
+                except Exception as exc:  # a runner bug must fail the session, not hang it
+                    self.session._fatal(self.fail(exc, item, edge.port))
                 finally:
                     self.busy = False
             for e, it in pend:
