@@ -39,6 +39,15 @@ def convert_format(samples: np.ndarray[Any, Any], fmt: str) -> np.ndarray[Any, A
         return samples
     if fmt not in FORMAT_DTYPES:
         raise ValueError(f"unknown sample format {fmt!r}")
+    if src in ("f32", "f64") and fmt in ("s16", "s32"):
+        # The hot path (webrtcvad wants s16): scale, clip and round in place, then cast once.
+        scale = _FULL_SCALE[fmt]
+        y = np.multiply(samples, np.float64(scale) if fmt == "s32" else np.float32(scale))
+        np.minimum(y, scale - 1, out=y)
+        np.maximum(y, -scale, out=y)
+        np.rint(y, out=y)
+        out_: np.ndarray[Any, Any] = y.astype(FORMAT_DTYPES[fmt])
+        return out_
     # To float first.
     if src in ("f32", "f64"):
         x = samples
@@ -50,10 +59,13 @@ def convert_format(samples: np.ndarray[Any, Any], fmt: str) -> np.ndarray[Any, A
         return x.astype(FORMAT_DTYPES[fmt], copy=False)
     scale = _FULL_SCALE[fmt]
     wide: np.ndarray[Any, Any] = np.asarray(x, np.float64 if fmt == "s32" else np.float32)
-    y: np.ndarray[Any, Any] = np.clip(wide * scale, -scale, scale - 1)
+    y = np.multiply(wide, scale)
+    np.minimum(y, scale - 1, out=y)
+    np.maximum(y, -scale, out=y)
     if fmt == "u8":
-        y = y + 128.0
-    out: np.ndarray[Any, Any] = np.rint(y).astype(FORMAT_DTYPES[fmt])
+        y += 128.0
+    np.rint(y, out=y)
+    out: np.ndarray[Any, Any] = y.astype(FORMAT_DTYPES[fmt])
     return out
 
 
