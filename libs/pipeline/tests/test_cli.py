@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _tools import need_tool
 from isthmus.pipeline._cli import main
 
 HERE = Path(__file__).parent / "manifests"
 VOICE = Path(__file__).resolve().parents[3] / "examples" / "voice-pipeline" / "voice.yaml"
 CLI = [sys.executable, "-m", "isthmus.pipeline._cli"]
-needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz is not installed")
 
 
 def write_wav(path: Path, rate: int = 48000) -> None:
@@ -92,8 +92,8 @@ def test_graph_writes_dot_files(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert f"wrote {out}" in capsys.readouterr().err
 
 
-@needs_dot
 def test_graph_renders_png_and_svg(tmp_path: Path) -> None:
+    need_tool("dot")
     png, svg = tmp_path / "g.png", tmp_path / "g.svg"
     assert main(["-q", "graph", str(HERE / "seed.yaml"), "-o", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 import soxr
 
+from _tools import need_tool
 from isthmus.pipeline import (
     AudioChunk,
     EndOfStream,
@@ -140,8 +140,7 @@ def _espeak(tmp: Path, rate: int) -> tuple[np.ndarray[Any, Any], list[tuple[floa
 )
 def test_vad_nodes_find_the_speech_segments(vad: str, rate: int, ms: float, tmp_path: Path) -> None:
     if vad == "silero_vad":  # a neural model: it wants real speech
-        if shutil.which("espeak-ng") is None:
-            pytest.skip("espeak-ng is not installed")
+        need_tool("espeak-ng")
         x, truth = _espeak(tmp_path, rate)
     else:
         x, truth = _speechy(rate)
@@ -258,8 +257,8 @@ def test_video_file_round_trip(tmp_path: Path) -> None:
     assert [round(float(f.data.mean()) / 40) for f in got] == [0, 1, 2, 3, 4]
 
 
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 def test_real_speech_through_resampler_and_webrtcvad(tmp_path: Path) -> None:
+    need_tool("espeak-ng")
     wav = tmp_path / "speech.wav"
     subprocess.run(
         ["espeak-ng", "-w", str(wav), "Hello there. This is a pipeline test."], check=True
