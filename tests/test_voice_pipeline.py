@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,7 @@ def test_live_frames_give_segments_as_they_come() -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "2 segment(s)" in proc.stdout
+    assert "2 segment(s)" in re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout)  # rich may add colour
 
 
 def test_help() -> None:
@@ -47,3 +48,8 @@ def test_help() -> None:
         [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "--input" in out and "--live" in out and "--demo" in out
+
+
+def test_the_cli_tests_use_the_example_manifest() -> None:
+    copy = ROOT / "libs" / "pipeline" / "tests" / "manifests" / "voice.yaml"
+    assert copy.read_text() == (ROOT / "examples" / "voice-pipeline" / "voice.yaml").read_text()

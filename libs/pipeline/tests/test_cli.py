@@ -16,7 +16,7 @@ from _tools import need_tool
 from isthmus.pipeline._cli import main
 
 HERE = Path(__file__).parent / "manifests"
-VOICE = Path(__file__).resolve().parents[3] / "examples" / "voice-pipeline" / "voice.yaml"
+VOICE = HERE / "voice.yaml"  # a copy of examples/voice-pipeline/voice.yaml
 CLI = [sys.executable, "-m", "isthmus.pipeline._cli"]
 
 
