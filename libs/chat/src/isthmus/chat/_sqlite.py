@@ -109,7 +109,17 @@ class SQLiteStore(Store):
             return
         # isolation_level=None: we issue BEGIN/COMMIT ourselves.
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
-        db.execute("PRAGMA journal_mode=WAL")
+        # Switching to WAL takes an exclusive lock and SQLite does not wait for it: when two
+        # processes open a new database at once, one sees "database is locked". Retry a while.
+        for attempt in range(200):
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or attempt == 199:
+                    db.close()
+                    raise
+                await asyncio.sleep(0.05)
         db.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
         db.execute("PRAGMA busy_timeout=10000")
         if self.path != ":memory:":
