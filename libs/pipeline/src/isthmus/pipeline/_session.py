@@ -802,7 +802,13 @@ def _make_worker(spec: NodeSpec, session: Session) -> Any:
     if spec.executor == "ray":
         from ._ray import RayWorker
 
-        return RayWorker(spec.type.ref, dict(spec.params), name=spec.id)
+        keys = ("address", "num_cpus", "max_inflight", "runtime_env", "start_timeout")
+        return RayWorker(
+            spec.type.ref,
+            dict(spec.params),
+            name=spec.id,
+            **{k: opts[k] for k in keys if k in opts},
+        )
     from ._process import ProcessWorker
 
     kw = {k: opts[k] for k in ("ring_bytes", "credits", "spin", "start_method") if k in opts}
